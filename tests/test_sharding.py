@@ -1,0 +1,81 @@
+"""Sharding of WanTransformer on meshes of 8 fake CPU devices."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from pose_jax import sharding as shd
+from pose_jax.models.wan import WanTransformer, preset
+
+CFG = preset("tiny")  # D=32, 2 heads, ffn 64, 2 layers
+# Expected spec and per-device shard shape for a few parameters, per mesh (data, fsdp, ctx, tensor).
+EXPECT = {
+    ("blocks", "attn1", "to_q", "kernel"): (P(None, "fsdp", "tensor"), lambda f, t: (2, 32 // f, 32 // t)),
+    ("blocks", "attn1", "to_out", "kernel"): (P(None, "tensor", "fsdp"), lambda f, t: (2, 32 // t, 32 // f)),
+    ("blocks", "ffn", "proj_in", "kernel"): (P(None, "fsdp", "tensor"), lambda f, t: (2, 32 // f, 64 // t)),
+    ("blocks", "attn2", "norm_added_k", "weight"): (P(None, "tensor"), lambda f, t: (2, 32 // t)),
+    ("blocks", "scale_shift_table"): (P(None, None, None, "fsdp"), lambda f, t: (2, 1, 6, 32 // f)),
+    ("patch_embedding", "kernel"): (P(None, "fsdp"), lambda f, t: (144, 32 // f)),
+    ("condition_embedder", "time_proj", "kernel"): (P("fsdp", None), lambda f, t: (32 // f, 192)),
+}
+
+
+def _args(batch=8):
+  ks = jax.random.split(jax.random.key(0), 3)
+  return (jax.random.normal(ks[0], (batch, 2, 8, 6, 36)), jnp.linspace(5.0, 990.0, batch),
+          jax.random.normal(ks[1], (batch, 7, 32)), jax.random.normal(ks[2], (batch, 4, 32)))
+
+
+@pytest.fixture(scope="module")
+def reference():
+  model = WanTransformer(CFG, rngs=nnx.Rngs(0))
+  return nnx.state(model), model(*_args())
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 1, 2)])
+def test_params_sharded_and_forward_matches_unsharded(shape, reference):
+  ref_state, ref_out = reference
+  mesh = shd.make_mesh(shape)
+  model = shd.create_sharded(lambda: WanTransformer(CFG, rngs=nnx.Rngs(0)), mesh)
+  f, t = mesh.shape["fsdp"], mesh.shape["tensor"]
+  flat = {tuple(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model))}
+  for path, (spec, shard_shape) in EXPECT.items():
+    arr = flat[path]
+    assert arr.sharding.spec == spec, (path, arr.sharding.spec)
+    assert arr.addressable_shards[0].data.shape == shard_shape(f, t), path
+  # Created sharded from the same seed == created unsharded.
+  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(ref_state), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # jit vs eager RNG math
+
+  batch = NamedSharding(mesh, shd.logical_to_spec((shd.ACT_BATCH,)))
+  args = [jax.device_put(a, batch) for a in _args()]
+  graphdef, state = nnx.split(model)
+  with shd.use_mesh(mesh):
+    out = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)
+  assert out.addressable_shards[0].data.shape[0] == 8 // (mesh.shape["data"] * f)
+  np.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-5 * float(jnp.abs(ref_out).max()))
+
+
+def test_abstract_model_allocates_nothing_and_carries_shardings():
+  mesh = shd.make_mesh((1, 8, 1, 1))
+  _, abstract = shd.abstract_model(lambda: WanTransformer(preset("i2v_14b"), rngs=nnx.Rngs(0)), mesh)
+  q = abstract["blocks"]["attn1"]["to_q"]["kernel"]
+  assert isinstance(q.get_value(), jax.ShapeDtypeStruct)
+  assert q.shape == (40, 5120, 5120)
+  assert q.sharding.spec == P(None, "fsdp", "tensor")
+  assert q.sharding.shard_shape(q.shape) == (40, 640, 5120)
+
+
+def test_mesh_and_rule_errors():
+  with pytest.raises(ValueError, match="needs 6 devices"):
+    shd.make_mesh((2, 3, 1, 1))
+  with pytest.raises(ValueError, match="4 entries"):
+    shd.make_mesh((8, 1))
+  assert shd.make_mesh((2, -1, 1, 1)).shape["fsdp"] == 4
+  with pytest.raises(KeyError, match="no rule"):
+    shd.logical_to_spec(("embedding",))
+  assert shd.logical_to_spec((shd.ACT_BATCH, shd.EMBED)) == P(("data", "fsdp"), "fsdp")
