@@ -3,35 +3,35 @@
 from setuptools import find_packages, setup
 
 CORE = [
-    "jax>=0.10.2",
-    "flax==0.12.8",
-    "optax==0.2.8",
-    "orbax-checkpoint==0.12.8",
-    "grain==0.2.18",
-    "einops==0.8.2",
-    "ml-collections==1.1.0",
-    "absl-py==2.5.1",
-    "safetensors==0.8.0",
-    "numpy>=2.0",
+  "jax>=0.10.2",
+  "flax==0.12.8",
+  "optax==0.2.8",
+  "orbax-checkpoint==0.12.8",
+  "grain==0.2.18",
+  "einops==0.8.2",
+  "ml-collections==1.1.0",
+  "absl-py==2.5.1",
+  "safetensors==0.8.0",
+  "numpy>=2.0",
 ]
-# torch and friends are reference oracles and export targets: tests, bench/ and pose_jax.convert only.
+# torch and friends: reference oracles and export targets (tests, bench/, pose_jax.convert).
 TEST = [
-    "torch==2.13.0",
-    "diffusers==0.42.1",
-    "transformers==5.23.0",
-    "accelerate==1.15.0",
-    "ftfy",
-    "pytest",
-    "pytest-xdist",
-    "ruff==0.17.6",
+  "torch==2.13.0",
+  "diffusers==0.42.1",
+  "transformers==5.23.0",
+  "accelerate==1.15.0",
+  "ftfy",
+  "pytest",
+  "pytest-xdist",
+  "ruff==0.17.6",
 ]
 
 setup(
-    name="pose_jax",
-    version="0.1.0",
-    description="POSE (Phased One-Step Adversarial Equilibrium) video distillation for Wan2.1, in JAX",
-    packages=find_packages(include=["pose_jax", "pose_jax.*"]),
-    python_requires=">=3.11",
-    install_requires=CORE,
-    extras_require={"test": TEST, "torch": TEST[:4]},
+  name="pose_jax",
+  version="0.1.0",
+  description="POSE one-step video distillation for Wan2.1, in JAX",
+  packages=find_packages(include=["pose_jax", "pose_jax.*"]),
+  python_requires=">=3.11",
+  install_requires=CORE,
+  extras_require={"test": TEST, "torch": TEST[:4]},
 )

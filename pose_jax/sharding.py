@@ -19,7 +19,8 @@ import jax
 import numpy as np
 from flax import nnx
 from flax.core import spmd
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 
@@ -41,19 +42,19 @@ ACT_KV = "act_kv"  # keys/values of attention (gathered for context parallelism)
 
 # logical name -> mesh axes. Order of the table is the documentation.
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    (LAYERS, None),
-    (EMBED, "fsdp"),
-    (HEADS, "tensor"),
-    (MLP, "tensor"),
-    (MOD, None),
-    (COND, None),
-    (OUT, None),
-    (LORA, None),
-    (ACT_BATCH, ("data", "fsdp")),
-    (ACT_LENGTH, "context"),
-    (ACT_EMBED, None),
-    (ACT_HEADS, "tensor"),
-    (ACT_KV, None),
+  (LAYERS, None),
+  (EMBED, "fsdp"),
+  (HEADS, "tensor"),
+  (MLP, "tensor"),
+  (MOD, None),
+  (COND, None),
+  (OUT, None),
+  (LORA, None),
+  (ACT_BATCH, ("data", "fsdp")),
+  (ACT_LENGTH, "context"),
+  (ACT_EMBED, None),
+  (ACT_HEADS, "tensor"),
+  (ACT_KV, None),
 )
 
 
@@ -89,9 +90,8 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
 
 
-def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
-  """A ``MESH_AXES`` mesh of the given shape; -1 in one place takes the remaining devices."""
-  devices = list(jax.devices() if devices is None else devices)
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> dict[str, int]:
+  """``{axis: size}`` for a ``MESH_AXES`` shape; -1 in one place takes the remaining devices."""
   shape = list(shape)
   if len(shape) != len(MESH_AXES):
     raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries for {MESH_AXES}")
@@ -99,16 +99,25 @@ def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
     raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
   if -1 in shape:
     rest = int(np.prod([s for s in shape if s != -1]))
-    if rest <= 0 or len(devices) % rest:
-      raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
-    shape[shape.index(-1)] = len(devices) // rest
-  if any(s < 1 for s in shape) or int(np.prod(shape)) != len(devices):
+    if rest <= 0 or num_devices % rest:
+      raise ValueError(f"mesh shape {shape} does not divide {num_devices} devices")
+    shape[shape.index(-1)] = num_devices // rest
+  if any(s < 1 for s in shape) or int(np.prod(shape)) != num_devices:
     raise ValueError(
-        f"mesh shape {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
-        f"have {len(devices)}"
+      f"mesh shape {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
+      f"have {num_devices}"
     )
+  return dict(zip(MESH_AXES, shape))
+
+
+def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
+  """A ``MESH_AXES`` mesh of the given shape (see :func:`resolve_mesh_shape`)."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = resolve_mesh_shape(shape, len(devices))
   return Mesh(
-      np.array(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES)
+    np.array(devices).reshape(tuple(sizes.values())),
+    MESH_AXES,
+    axis_types=(AxisType.Auto,) * len(MESH_AXES),
   )
 
 

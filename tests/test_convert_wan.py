@@ -39,7 +39,10 @@ def test_sharded_index_checkpoint_loads_and_matches(ckpt, tmp_path):
   src, tm = ckpt
   tensors = safetensors.numpy.load_file(os.path.join(src, WEIGHTS))
   keys = sorted(tensors)
-  shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+  shards = {
+    "model-00001-of-00002.safetensors": keys[::2],
+    "model-00002-of-00002.safetensors": keys[1::2],
+  }
   for name, ks in shards.items():
     safetensors.numpy.save_file({k: tensors[k] for k in ks}, tmp_path / name)
   weight_map = {k: name for name, ks in shards.items() for k in ks}
@@ -57,6 +60,7 @@ def test_sharded_index_checkpoint_loads_and_matches(ckpt, tmp_path):
 def test_renamed_key_is_reported(ckpt, tmp_path):
   def edit(t):
     t["blocks.1.attn1.to_qq.weight"] = t.pop("blocks.1.attn1.to_q.weight")
+
   path = _copy_with(ckpt[0], tmp_path / "c", edit)
   with pytest.raises(CheckpointError) as e:
     load_transformer(path)
@@ -67,13 +71,18 @@ def test_renamed_key_is_reported(ckpt, tmp_path):
 
 def test_missing_key_is_reported(ckpt, tmp_path):
   path = _copy_with(ckpt[0], tmp_path / "c", lambda t: t.pop("condition_embedder.time_proj.bias"))
-  with pytest.raises(CheckpointError, match=r"missing \(1\): \['condition_embedder/time_proj/bias'\]"):
+  with pytest.raises(
+    CheckpointError, match=r"missing \(1\): \['condition_embedder/time_proj/bias'\]"
+  ):
     load_transformer(path)
 
 
 def test_transposed_weight_is_reported(ckpt, tmp_path):
   def edit(t):
-    t["blocks.0.ffn.net.0.proj.weight"] = np.ascontiguousarray(t["blocks.0.ffn.net.0.proj.weight"].T)
+    t["blocks.0.ffn.net.0.proj.weight"] = np.ascontiguousarray(
+      t["blocks.0.ffn.net.0.proj.weight"].T
+    )
+
   path = _copy_with(ckpt[0], tmp_path / "c", edit)
   with pytest.raises(CheckpointError, match=r"blocks.0.ffn.net.0.proj.weight: source \(32, 64\)"):
     load_transformer(path)
@@ -82,7 +91,7 @@ def test_transposed_weight_is_reported(ckpt, tmp_path):
 def test_corrupt_and_absent_files_name_the_file(ckpt, tmp_path):
   path = shutil.copytree(ckpt[0], tmp_path / "c")
   weights = path / WEIGHTS
-  weights.write_bytes(weights.read_bytes()[: 1000])
+  weights.write_bytes(weights.read_bytes()[:1000])
   with pytest.raises(CheckpointError, match=WEIGHTS):
     load_transformer(str(path))
   with pytest.raises(CheckpointError, match="no such file"):

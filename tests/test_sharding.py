@@ -14,20 +14,33 @@ from pose_jax.models.wan import WanTransformer, preset
 CFG = preset("tiny")  # D=32, 2 heads, ffn 64, 2 layers
 # Expected spec and per-device shard shape for a few parameters, per mesh (data, fsdp, ctx, tensor).
 EXPECT = {
-    ("blocks", "attn1", "to_q", "kernel"): (P(None, "fsdp", "tensor"), lambda f, t: (2, 32 // f, 32 // t)),
-    ("blocks", "attn1", "to_out", "kernel"): (P(None, "tensor", "fsdp"), lambda f, t: (2, 32 // t, 32 // f)),
-    ("blocks", "ffn", "proj_in", "kernel"): (P(None, "fsdp", "tensor"), lambda f, t: (2, 32 // f, 64 // t)),
-    ("blocks", "attn2", "norm_added_k", "weight"): (P(None, "tensor"), lambda f, t: (2, 32 // t)),
-    ("blocks", "scale_shift_table"): (P(None, None, None, "fsdp"), lambda f, t: (2, 1, 6, 32 // f)),
-    ("patch_embedding", "kernel"): (P(None, "fsdp"), lambda f, t: (144, 32 // f)),
-    ("condition_embedder", "time_proj", "kernel"): (P("fsdp", None), lambda f, t: (32 // f, 192)),
+  ("blocks", "attn1", "to_q", "kernel"): (
+    P(None, "fsdp", "tensor"),
+    lambda f, t: (2, 32 // f, 32 // t),
+  ),
+  ("blocks", "attn1", "to_out", "kernel"): (
+    P(None, "tensor", "fsdp"),
+    lambda f, t: (2, 32 // t, 32 // f),
+  ),
+  ("blocks", "ffn", "proj_in", "kernel"): (
+    P(None, "fsdp", "tensor"),
+    lambda f, t: (2, 32 // f, 64 // t),
+  ),
+  ("blocks", "attn2", "norm_added_k", "weight"): (P(None, "tensor"), lambda f, t: (2, 32 // t)),
+  ("blocks", "scale_shift_table"): (P(None, None, None, "fsdp"), lambda f, t: (2, 1, 6, 32 // f)),
+  ("patch_embedding", "kernel"): (P(None, "fsdp"), lambda f, t: (144, 32 // f)),
+  ("condition_embedder", "time_proj", "kernel"): (P("fsdp", None), lambda f, t: (32 // f, 192)),
 }
 
 
 def _args(batch=8):
   ks = jax.random.split(jax.random.key(0), 3)
-  return (jax.random.normal(ks[0], (batch, 2, 8, 6, 36)), jnp.linspace(5.0, 990.0, batch),
-          jax.random.normal(ks[1], (batch, 7, 32)), jax.random.normal(ks[2], (batch, 4, 32)))
+  return (
+    jax.random.normal(ks[0], (batch, 2, 8, 6, 36)),
+    jnp.linspace(5.0, 990.0, batch),
+    jax.random.normal(ks[1], (batch, 7, 32)),
+    jax.random.normal(ks[2], (batch, 4, 32)),
+  )
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +75,9 @@ def test_params_sharded_and_forward_matches_unsharded(shape, reference):
 
 def test_abstract_model_allocates_nothing_and_carries_shardings():
   mesh = shd.make_mesh((1, 8, 1, 1))
-  _, abstract = shd.abstract_model(lambda: WanTransformer(preset("i2v_14b"), rngs=nnx.Rngs(0)), mesh)
+  _, abstract = shd.abstract_model(
+    lambda: WanTransformer(preset("i2v_14b"), rngs=nnx.Rngs(0)), mesh
+  )
   q = abstract["blocks"]["attn1"]["to_q"]["kernel"]
   assert isinstance(q.get_value(), jax.ShapeDtypeStruct)
   assert q.shape == (40, 5120, 5120)

@@ -17,10 +17,10 @@ CFG = preset("tiny", num_layers=4)
 def _args(cfg=CFG, batch=2, seed=0):
   ks = jax.random.split(jax.random.key(seed), 4)
   return (
-      jax.random.normal(ks[0], (batch, 3, 8, 6, cfg.in_channels)),
-      jnp.linspace(20.0, 900.0, batch),
-      jax.random.normal(ks[1], (batch, 7, cfg.text_dim)),
-      jax.random.normal(ks[2], (batch, 4, cfg.image_dim)) if cfg.is_i2v else None,
+    jax.random.normal(ks[0], (batch, 3, 8, 6, cfg.in_channels)),
+    jnp.linspace(20.0, 900.0, batch),
+    jax.random.normal(ks[1], (batch, 7, cfg.text_dim)),
+    jax.random.normal(ks[2], (batch, 4, cfg.image_dim)) if cfg.is_i2v else None,
   )
 
 
@@ -52,7 +52,9 @@ def test_remat_equals_no_remat(policy):
   base = _model()
   remat = nnx.merge(nnx.graphdef(_model(CFG.replace(remat=policy))), nnx.state(base))
   args = _args()
-  np.testing.assert_array_equal(jax.jit(lambda m: m(*args))(base), jax.jit(lambda m: m(*args))(remat))
+  np.testing.assert_array_equal(
+    jax.jit(lambda m: m(*args))(base), jax.jit(lambda m: m(*args))(remat)
+  )
   _close_trees(jax.jit(nnx.grad(_loss))(base, args), jax.jit(nnx.grad(_loss))(remat, args))
 
 
@@ -95,8 +97,16 @@ def test_lora_zero_is_identity_and_nonzero_equals_merged_weight():
   np.testing.assert_allclose(shared(*args), base(*args), rtol=0, atol=1e-6)
 
   pairs, flat = _lora_pairs(nnx.state(shared))
-  assert {p[-2] for p, _, _ in pairs} >= {"to_q", "to_k", "to_v", "to_out", "proj_in", "proj_out",
-                                          "add_k_proj", "add_v_proj"}
+  assert {p[-2] for p, _, _ in pairs} >= {
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out",
+    "proj_in",
+    "proj_out",
+    "add_k_proj",
+    "add_v_proj",
+  }
   key = jax.random.key(7)
   merged = nnx.to_pure_dict(nnx.state(base))  # plain arrays: editing it leaves `base` alone
   for pa, pb, pk in pairs:

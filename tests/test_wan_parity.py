@@ -26,7 +26,7 @@ def _torch_forward(tm, inp, pad_text_to=None):
   if pad_text_to and "encoder_hidden_states_image" in inp:
     txt = inp["encoder_hidden_states"]
     inp["encoder_hidden_states"] = torch.cat(
-        [txt, torch.zeros(txt.shape[0], pad_text_to - txt.shape[1], txt.shape[2])], 1
+      [txt, torch.zeros(txt.shape[0], pad_text_to - txt.shape[1], txt.shape[2])], 1
     )
   with torch.no_grad():
     return tm(**inp, return_dict=False)[0].numpy(), inp
@@ -65,17 +65,18 @@ def test_gradients_match_torch_autograd(pair):
   inp = inputs(cfg, batch=2, frames=2, height=4, width=6, text_len=5)
   _, inp = _torch_forward(tm, inp, pad_text_to=512)
   inp = {k: v.clone().requires_grad_(k != "timestep") for k, v in inp.items()}
-  weight = torch.from_numpy(np.random.default_rng(0).standard_normal(
-      (2, cfg.out_channels, 2, 4, 6)).astype(np.float32))
+  weight = torch.from_numpy(
+    np.random.default_rng(0).standard_normal((2, cfg.out_channels, 2, 4, 6)).astype(np.float32)
+  )
   out = tm(**inp, return_dict=False)[0]
   (out * weight).sum().backward()
   blk = tm.blocks[1]
   t_grads = {
-      "x": inp["hidden_states"].grad.numpy().transpose(0, 2, 3, 4, 1),
-      "text": inp["encoder_hidden_states"].grad.numpy(),
-      "to_q": blk.attn1.to_q.weight.grad.numpy().T,
-      "ffn_in": blk.ffn.net[0].proj.weight.grad.numpy().T,
-      "table": tm.scale_shift_table.grad.numpy(),
+    "x": inp["hidden_states"].grad.numpy().transpose(0, 2, 3, 4, 1),
+    "text": inp["encoder_hidden_states"].grad.numpy(),
+    "to_q": blk.attn1.to_q.weight.grad.numpy().T,
+    "ffn_in": blk.ffn.net[0].proj.weight.grad.numpy().T,
+    "table": tm.scale_shift_table.grad.numpy(),
   }
   graphdef, params = nnx.split(model)
   x, t, txt, img = map(_j, to_jax_args({k: v.detach() for k, v in inp.items()}))
@@ -86,9 +87,11 @@ def test_gradients_match_torch_autograd(pair):
 
   gp, gx, gt = jax.grad(loss, argnums=(0, 1, 2))(params, x, txt)
   ours = {
-      "x": gx, "text": gt, "to_q": gp["blocks"]["attn1"]["to_q"]["kernel"][...][1],
-      "ffn_in": gp["blocks"]["ffn"]["proj_in"]["kernel"][...][1],
-      "table": gp["scale_shift_table"][...],
+    "x": gx,
+    "text": gt,
+    "to_q": gp["blocks"]["attn1"]["to_q"]["kernel"][...][1],
+    "ffn_in": gp["blocks"]["ffn"]["proj_in"]["kernel"][...][1],
+    "table": gp["scale_shift_table"][...],
   }
   for name, ref in t_grads.items():
     assert rel_err(ours[name], ref) <= 1e-4, (name, rel_err(ours[name], ref))

@@ -25,9 +25,9 @@ def inputs(cfg: WanConfig, batch=2, frames=3, height=8, width=6, text_len=7, ima
   """Random channels-first torch inputs; timesteps differ per sample."""
   g = torch.Generator().manual_seed(seed)
   out = dict(
-      hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g),
-      timestep=torch.linspace(17.0, 930.0, batch),
-      encoder_hidden_states=torch.randn(batch, text_len, cfg.text_dim, generator=g),
+    hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g),
+    timestep=torch.linspace(17.0, 930.0, batch),
+    encoder_hidden_states=torch.randn(batch, text_len, cfg.text_dim, generator=g),
   )
   if cfg.is_i2v:
     out["encoder_hidden_states_image"] = torch.randn(batch, image_len, cfg.image_dim, generator=g)
@@ -38,8 +38,12 @@ def to_jax_args(inp: dict):
   """torch inputs -> positional args of ``WanTransformer`` (channels-last numpy)."""
   x = inp["hidden_states"].numpy().transpose(0, 2, 3, 4, 1)
   img = inp.get("encoder_hidden_states_image")
-  return (x, inp["timestep"].numpy(), inp["encoder_hidden_states"].numpy(),
-          None if img is None else img.numpy())
+  return (
+    x,
+    inp["timestep"].numpy(),
+    inp["encoder_hidden_states"].numpy(),
+    None if img is None else img.numpy(),
+  )
 
 
 def to_channels_first(y) -> np.ndarray:

@@ -78,7 +78,9 @@ class SafetensorsReader:
           have = set(self._open(shard).keys())
           lost = [k for k, s in self._map.items() if s == shard and k not in have]
           if lost:
-            raise CheckpointError(f"{self._files[shard]}: keys in the index are absent: {lost[:10]}")
+            raise CheckpointError(
+              f"{self._files[shard]}: keys in the index are absent: {lost[:10]}"
+            )
       else:
         self._keys = sorted(self._open(None).keys())
     return self._keys

@@ -36,11 +36,11 @@ def flat_shapes(abstract_state, variable_type=nnx.Param, exclude=()) -> dict[Pat
 
 
 def fill(
-    items: Iterable[tuple[str, np.ndarray]],
-    targets: dict[Path, jax.ShapeDtypeStruct],
-    key_map: Callable[[str], Target | None],
-    stacked: dict[Path, int],
-    dtype=None,
+  items: Iterable[tuple[str, np.ndarray]],
+  targets: dict[Path, jax.ShapeDtypeStruct],
+  key_map: Callable[[str], Target | None],
+  stacked: dict[Path, int],
+  dtype=None,
 ) -> dict[Path, np.ndarray]:
   """Places every source tensor into numpy buffers shaped like ``targets``.
 
@@ -67,8 +67,9 @@ def fill(
     arr = tgt.transform(value)
     if tuple(arr.shape) != tuple(want) or (tgt.layer is not None and tgt.layer >= spec.shape[0]):
       where = "" if tgt.layer is None else f"[layer {tgt.layer}]"
-      mismatched.append(f"{key}: source {tuple(value.shape)} -> {'/'.join(tgt.path)}{where} "
-                        f"expects {tuple(want)}")
+      mismatched.append(
+        f"{key}: source {tuple(value.shape)} -> {'/'.join(tgt.path)}{where} expects {tuple(want)}"
+      )
       continue
     if tgt.path not in buffers:
       buffers[tgt.path] = np.empty(spec.shape, dtype or spec.dtype)

@@ -74,8 +74,9 @@ def load_params(path: str, model: WanTransformer, dtype=None) -> None:
   reader = SafetensorsReader(path)
   graphdef, state = nnx.split(model)
   targets = strict.flat_shapes(state, nnx.Param, exclude=(LoRAParam,))
-  buffers = strict.fill(reader.items(), targets, key_map, _stacked(targets, model.cfg.num_layers),
-                        dtype=dtype)
+  buffers = strict.fill(
+    reader.items(), targets, key_map, _stacked(targets, model.cfg.num_layers), dtype=dtype
+  )
   flat = {tuple(str(k) for k in p): var for p, var in nnx.to_flat_state(state)}
   for p, buf in buffers.items():
     var = flat[p]

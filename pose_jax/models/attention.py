@@ -46,8 +46,8 @@ def _require_backend(impl: str, backend: str) -> None:
     platform = mesh.abstract_device.platform
   if platform != backend:
     raise ValueError(
-        f"attention impl {impl!r} needs a {backend.upper()} backend, running on {platform!r}; "
-        "use model.attention='xla' here"
+      f"attention impl {impl!r} needs a {backend.upper()} backend, running on {platform!r}; "
+      "use model.attention='xla' here"
     )
 
 
@@ -74,17 +74,23 @@ def _splash(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     q = jnp.pad(q, ((0, 0), (0, pad_q), (0, 0), (0, 0)))
     k, v = (jnp.pad(a, ((0, 0), (0, pad_k), (0, 0), (0, 0))) for a in (k, v))
     seg = sk.SegmentIds(
-        q=jnp.zeros((lq + pad_q,), jnp.int32), kv=(jnp.arange(lk + pad_k) >= lk).astype(jnp.int32)
+      q=jnp.zeros((lq + pad_q,), jnp.int32), kv=(jnp.arange(lk + pad_k) >= lk).astype(jnp.int32)
     )
     mask = sm.MultiHeadMask([sm.FullMask((lq + pad_q, lk + pad_k))] * n_local)
     sizes = sk.BlockSizes(
-        block_q=bq, block_kv_compute=bk, block_kv=bk, block_q_dkv=bq, block_kv_dkv=bk,
-        block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk,
+      block_q=bq,
+      block_kv_compute=bk,
+      block_kv=bk,
+      block_q_dkv=bq,
+      block_kv_dkv=bk,
+      block_kv_dkv_compute=bk,
+      block_q_dq=bq,
+      block_kv_dq=bk,
     )
     kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes)
     # The kernel works on one example laid out [N, L, K].
     out = jax.vmap(kernel, in_axes=(0, 0, 0, None))(
-        q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), seg
+      q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), seg
     )
     return out.transpose(0, 2, 1, 3)[:, :lq]
 

@@ -41,36 +41,36 @@ class Dense(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      *,
-      axes: tuple[str | None, str | None],
-      use_bias: bool = True,
-      lora_rank: int = 0,
-      lora_alpha: float | None = None,
-      dtype=None,
-      param_dtype=jnp.float32,
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    axes: tuple[str | None, str | None],
+    use_bias: bool = True,
+    lora_rank: int = 0,
+    lora_alpha: float | None = None,
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
   ):
     init = torch_linear_init(in_features)
     self.kernel = nnx.Param(
-        init(rngs.params(), (in_features, out_features), param_dtype), out_sharding=axes
+      init(rngs.params(), (in_features, out_features), param_dtype), out_sharding=axes
     )
     self.bias = (
-        nnx.Param(init(rngs.params(), (out_features,), param_dtype), out_sharding=axes[1:])
-        if use_bias
-        else None
+      nnx.Param(init(rngs.params(), (out_features,), param_dtype), out_sharding=axes[1:])
+      if use_bias
+      else None
     )
     self.lora_rank = lora_rank
     if lora_rank:
       self.lora_scale = (lora_alpha or lora_rank) / lora_rank
       self.lora_a = LoRAParam(
-          torch_linear_init(in_features)(rngs.params(), (in_features, lora_rank), param_dtype),
-          out_sharding=(axes[0], shd.LORA),
+        torch_linear_init(in_features)(rngs.params(), (in_features, lora_rank), param_dtype),
+        out_sharding=(axes[0], shd.LORA),
       )
       self.lora_b = LoRAParam(
-          jnp.zeros((lora_rank, out_features), param_dtype), out_sharding=(shd.LORA, axes[1])
+        jnp.zeros((lora_rank, out_features), param_dtype), out_sharding=(shd.LORA, axes[1])
       )
     self.dtype = dtype
 

@@ -17,17 +17,17 @@ ATTN_OUT = "attn_out"
 FFN_OUT = "ffn_out"
 
 POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "save_attn_ffn_out": jax.checkpoint_policies.save_only_these_names(ATTN_OUT, FFN_OUT),
-    "offload_attn_ffn_out": jax.checkpoint_policies.save_and_offload_only_these_names(
-        names_which_can_be_saved=[],
-        names_which_can_be_offloaded=[ATTN_OUT, FFN_OUT],
-        offload_src="device",
-        offload_dst="pinned_host",
-    ),
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "save_attn_ffn_out": jax.checkpoint_policies.save_only_these_names(ATTN_OUT, FFN_OUT),
+  "offload_attn_ffn_out": jax.checkpoint_policies.save_and_offload_only_these_names(
+    names_which_can_be_saved=[],
+    names_which_can_be_offloaded=[ATTN_OUT, FFN_OUT],
+    offload_src="device",
+    offload_dst="pinned_host",
+  ),
 }
 
 

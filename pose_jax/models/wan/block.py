@@ -33,8 +33,13 @@ class WanAttention(nnx.Module):
 
   def __init__(self, cfg: WanConfig, *, cross: bool, rngs: nnx.Rngs):
     d = cfg.dim
-    kw = dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, param_dtype=cfg.params_dtype,
-              dtype=cfg.compute_dtype, rngs=rngs)
+    kw = dict(
+      lora_rank=cfg.lora_rank,
+      lora_alpha=cfg.lora_alpha,
+      param_dtype=cfg.params_dtype,
+      dtype=cfg.compute_dtype,
+      rngs=rngs,
+    )
     self.to_q = Dense(d, d, axes=(shd.EMBED, shd.HEADS), **kw)
     self.to_k = Dense(d, d, axes=(shd.EMBED, shd.HEADS), **kw)
     self.to_v = Dense(d, d, axes=(shd.EMBED, shd.HEADS), **kw)
@@ -81,13 +86,21 @@ class WanBlock(nnx.Module):
     self.attn2 = WanAttention(cfg, cross=True, rngs=rngs)
     self.norm2 = LayerNorm(d, eps=cfg.eps, affine=True) if cfg.cross_attn_norm else None
     self.ffn = FeedForward(
-        d, cfg.ffn_dim, d, gelu_tanh, axes=(shd.EMBED, shd.MLP), lora_rank=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha, param_dtype=cfg.params_dtype, dtype=cfg.compute_dtype, rngs=rngs,
+      d,
+      cfg.ffn_dim,
+      d,
+      gelu_tanh,
+      axes=(shd.EMBED, shd.MLP),
+      lora_rank=cfg.lora_rank,
+      lora_alpha=cfg.lora_alpha,
+      param_dtype=cfg.params_dtype,
+      dtype=cfg.compute_dtype,
+      rngs=rngs,
     )
     self.norm3 = LayerNorm(d, eps=cfg.eps, affine=False)
     self.scale_shift_table = nnx.Param(
-        jax.random.normal(rngs.params(), (1, 6, d), jnp.float32) / d**0.5,
-        out_sharding=(None, shd.MOD, shd.EMBED),
+      jax.random.normal(rngs.params(), (1, 6, d), jnp.float32) / d**0.5,
+      out_sharding=(None, shd.MOD, shd.EMBED),
     )
 
   def __call__(self, h, text, image, mod, rope):
@@ -95,7 +108,7 @@ class WanBlock(nnx.Module):
     dtype = h.dtype
     h = shd.constrain(h, _HIDDEN)
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(
-        self.scale_shift_table[...] + mod, 6, axis=1
+      self.scale_shift_table[...] + mod, 6, axis=1
     )
     x = (self.norm1(h) * (1 + scale1) + shift1).astype(dtype)
     attn = remat.tag(self.attn1(x, rope=rope), remat.ATTN_OUT)

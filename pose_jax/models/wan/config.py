@@ -82,23 +82,23 @@ class WanConfig:
   # --- diffusers config.json <-> WanConfig -----------------------------------------------------
   def to_diffusers(self) -> dict[str, Any]:
     return {
-        "_class_name": "WanTransformer3DModel",
-        "patch_size": list(self.patch_size),
-        "num_attention_heads": self.num_heads,
-        "attention_head_dim": self.head_dim,
-        "in_channels": self.in_channels,
-        "out_channels": self.out_channels,
-        "text_dim": self.text_dim,
-        "freq_dim": self.freq_dim,
-        "ffn_dim": self.ffn_dim,
-        "num_layers": self.num_layers,
-        "cross_attn_norm": self.cross_attn_norm,
-        "qk_norm": "rms_norm_across_heads",
-        "eps": self.eps,
-        "image_dim": self.image_dim,
-        "added_kv_proj_dim": self.dim if self.is_i2v else None,
-        "rope_max_seq_len": self.rope_max_seq_len,
-        "pos_embed_seq_len": None,
+      "_class_name": "WanTransformer3DModel",
+      "patch_size": list(self.patch_size),
+      "num_attention_heads": self.num_heads,
+      "attention_head_dim": self.head_dim,
+      "in_channels": self.in_channels,
+      "out_channels": self.out_channels,
+      "text_dim": self.text_dim,
+      "freq_dim": self.freq_dim,
+      "ffn_dim": self.ffn_dim,
+      "num_layers": self.num_layers,
+      "cross_attn_norm": self.cross_attn_norm,
+      "qk_norm": "rms_norm_across_heads",
+      "eps": self.eps,
+      "image_dim": self.image_dim,
+      "added_kv_proj_dim": self.dim if self.is_i2v else None,
+      "rope_max_seq_len": self.rope_max_seq_len,
+      "pos_embed_seq_len": None,
     }
 
   @classmethod
@@ -117,39 +117,51 @@ class WanConfig:
     if unsupported:
       raise ValueError("unsupported WanTransformer3DModel config: " + ", ".join(unsupported))
     return cls(
-        patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
-        num_heads=cfg["num_attention_heads"],
-        head_dim=cfg["attention_head_dim"],
-        in_channels=cfg["in_channels"],
-        out_channels=cfg.get("out_channels") or cfg["in_channels"],
-        text_dim=cfg["text_dim"],
-        freq_dim=cfg["freq_dim"],
-        ffn_dim=cfg["ffn_dim"],
-        num_layers=cfg["num_layers"],
-        cross_attn_norm=cfg.get("cross_attn_norm", True),
-        eps=cfg.get("eps", 1e-6),
-        image_dim=cfg.get("image_dim"),
-        rope_max_seq_len=cfg.get("rope_max_seq_len", 1024),
-        **runtime,
+      patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
+      num_heads=cfg["num_attention_heads"],
+      head_dim=cfg["attention_head_dim"],
+      in_channels=cfg["in_channels"],
+      out_channels=cfg.get("out_channels") or cfg["in_channels"],
+      text_dim=cfg["text_dim"],
+      freq_dim=cfg["freq_dim"],
+      ffn_dim=cfg["ffn_dim"],
+      num_layers=cfg["num_layers"],
+      cross_attn_norm=cfg.get("cross_attn_norm", True),
+      eps=cfg.get("eps", 1e-6),
+      image_dim=cfg.get("image_dim"),
+      rope_max_seq_len=cfg.get("rope_max_seq_len", 1024),
+      **runtime,
     )
 
 
 PRESETS: dict[str, WanConfig] = {
-    # Tests and the toy run: 2 heads x 16, 2 layers.
-    "tiny": WanConfig(
-        num_heads=2, head_dim=16, in_channels=36, text_dim=32, freq_dim=32, ffn_dim=64,
-        num_layers=2, image_dim=32,
-    ),
-    "tiny_t2v": WanConfig(
-        num_heads=2, head_dim=16, in_channels=16, text_dim=32, freq_dim=32, ffn_dim=64,
-        num_layers=2, image_dim=None,
-    ),
-    # Wan2.1-T2V-1.3B.
-    "t2v_1_3b": WanConfig(
-        num_heads=12, head_dim=128, in_channels=16, ffn_dim=8960, num_layers=30, image_dim=None
-    ),
-    # Wan2.1-I2V-14B (480p and 720p share the weights).
-    "i2v_14b": WanConfig(),
+  # Tests and the toy run: 2 heads x 16, 2 layers.
+  "tiny": WanConfig(
+    num_heads=2,
+    head_dim=16,
+    in_channels=36,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    image_dim=32,
+  ),
+  "tiny_t2v": WanConfig(
+    num_heads=2,
+    head_dim=16,
+    in_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    image_dim=None,
+  ),
+  # Wan2.1-T2V-1.3B.
+  "t2v_1_3b": WanConfig(
+    num_heads=12, head_dim=128, in_channels=16, ffn_dim=8960, num_layers=30, image_dim=None
+  ),
+  # Wan2.1-I2V-14B (480p and 720p share the weights).
+  "i2v_14b": WanConfig(),
 }
 
 

@@ -33,9 +33,11 @@ class MLP(nnx.Module):
   """``linear_2(act(linear_1(x)))`` with diffusers' submodule names."""
 
   def __init__(self, d_in, d_hidden, d_out, act, axes_in, *, param_dtype, dtype=None, rngs):
-    self.linear_1 = Dense(d_in, d_hidden, axes=axes_in, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+    self.linear_1 = Dense(
+      d_in, d_hidden, axes=axes_in, param_dtype=param_dtype, dtype=dtype, rngs=rngs
+    )
     self.linear_2 = Dense(
-        d_hidden, d_out, axes=(shd.EMBED, None), param_dtype=param_dtype, dtype=dtype, rngs=rngs
+      d_hidden, d_out, axes=(shd.EMBED, None), param_dtype=param_dtype, dtype=dtype, rngs=rngs
     )
     self.act = act
 
@@ -46,9 +48,23 @@ class MLP(nnx.Module):
 class FeedForward(nnx.Module):
   """diffusers ``FeedForward``: ``net.0.proj`` -> activation -> ``net.2`` (dropout dropped)."""
 
-  def __init__(self, d_in, d_hidden, d_out, act, *, axes, lora_rank=0, lora_alpha=None,
-               param_dtype, dtype=None, rngs):
-    kw = dict(lora_rank=lora_rank, lora_alpha=lora_alpha, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+  def __init__(
+    self,
+    d_in,
+    d_hidden,
+    d_out,
+    act,
+    *,
+    axes,
+    lora_rank=0,
+    lora_alpha=None,
+    param_dtype,
+    dtype=None,
+    rngs,
+  ):
+    kw = dict(
+      lora_rank=lora_rank, lora_alpha=lora_alpha, param_dtype=param_dtype, dtype=dtype, rngs=rngs
+    )
     self.proj_in = Dense(d_in, d_hidden, axes=axes, **kw)
     self.proj_out = Dense(d_hidden, d_out, axes=axes[::-1], **kw)
     self.act = act
@@ -61,8 +77,14 @@ class ImageEmbedder(nnx.Module):
   def __init__(self, image_dim: int, dim: int, *, param_dtype, dtype, rngs):
     self.norm1 = LayerNorm(image_dim, eps=1e-5, affine=True, axes=(shd.COND,))
     self.ff = FeedForward(
-        image_dim, image_dim, dim, gelu_exact, axes=(shd.COND, shd.EMBED),
-        param_dtype=param_dtype, dtype=dtype, rngs=rngs,
+      image_dim,
+      image_dim,
+      dim,
+      gelu_exact,
+      axes=(shd.COND, shd.EMBED),
+      param_dtype=param_dtype,
+      dtype=dtype,
+      rngs=rngs,
     )
     self.norm2 = LayerNorm(dim, eps=1e-5, affine=True)
 
@@ -74,13 +96,22 @@ class ConditionEmbedder(nnx.Module):
   def __init__(self, cfg: WanConfig, *, rngs: nnx.Rngs):
     pd, dt, d = cfg.params_dtype, cfg.compute_dtype, cfg.dim
     # The time MLP runs in float32 (diffusers keeps ``time_embedder`` in fp32).
-    self.time_embedder = MLP(cfg.freq_dim, d, d, jax.nn.silu, (shd.COND, shd.EMBED),
-                             param_dtype=pd, dtype=jnp.float32, rngs=rngs)
+    self.time_embedder = MLP(
+      cfg.freq_dim,
+      d,
+      d,
+      jax.nn.silu,
+      (shd.COND, shd.EMBED),
+      param_dtype=pd,
+      dtype=jnp.float32,
+      rngs=rngs,
+    )
     self.time_proj = Dense(d, 6 * d, axes=(shd.EMBED, shd.MOD), param_dtype=pd, dtype=dt, rngs=rngs)
-    self.text_embedder = MLP(cfg.text_dim, d, d, gelu_tanh, (shd.COND, shd.EMBED),
-                             param_dtype=pd, dtype=dt, rngs=rngs)
+    self.text_embedder = MLP(
+      cfg.text_dim, d, d, gelu_tanh, (shd.COND, shd.EMBED), param_dtype=pd, dtype=dt, rngs=rngs
+    )
     self.image_embedder = (
-        ImageEmbedder(cfg.image_dim, d, param_dtype=pd, dtype=dt, rngs=rngs) if cfg.is_i2v else None
+      ImageEmbedder(cfg.image_dim, d, param_dtype=pd, dtype=dt, rngs=rngs) if cfg.is_i2v else None
     )
     self.freq_dim = cfg.freq_dim
     self.dtype = dt

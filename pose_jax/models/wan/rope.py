@@ -32,12 +32,12 @@ def rope_angles(grid: tuple[int, int, int], head_dim: int, max_seq_len: int, the
     parts.append(np.outer(np.arange(n, dtype=np.float64), freqs))  # [n, dim/2]
   t, h, w = grid
   angles = np.concatenate(
-      [
-          np.broadcast_to(parts[0][:, None, None], (t, h, w, parts[0].shape[-1])),
-          np.broadcast_to(parts[1][None, :, None], (t, h, w, parts[1].shape[-1])),
-          np.broadcast_to(parts[2][None, None, :], (t, h, w, parts[2].shape[-1])),
-      ],
-      axis=-1,
+    [
+      np.broadcast_to(parts[0][:, None, None], (t, h, w, parts[0].shape[-1])),
+      np.broadcast_to(parts[1][None, :, None], (t, h, w, parts[1].shape[-1])),
+      np.broadcast_to(parts[2][None, None, :], (t, h, w, parts[2].shape[-1])),
+    ],
+    axis=-1,
   ).reshape(t * h * w, head_dim // 2)
   return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 

@@ -40,8 +40,14 @@ class WanTransformer(nnx.Module):
     d, (pt, ph, pw) = cfg.dim, cfg.patch_size
     patch_in = pt * ph * pw * cfg.in_channels
     # Conv3d with kernel == stride == patch, stored as a dense [pt*ph*pw*C_in, D] kernel.
-    self.patch_embedding = Dense(patch_in, d, axes=(shd.COND, shd.EMBED),
-                                 param_dtype=cfg.params_dtype, dtype=cfg.compute_dtype, rngs=rngs)
+    self.patch_embedding = Dense(
+      patch_in,
+      d,
+      axes=(shd.COND, shd.EMBED),
+      param_dtype=cfg.params_dtype,
+      dtype=cfg.compute_dtype,
+      rngs=rngs,
+    )
     self.condition_embedder = ConditionEmbedder(cfg, rngs=rngs)
 
     @nnx.split_rngs(splits=cfg.num_layers)
@@ -51,11 +57,17 @@ class WanTransformer(nnx.Module):
 
     self.blocks = make_blocks(rngs)
     self.norm_out = LayerNorm(d, eps=cfg.eps, affine=False)
-    self.proj_out = Dense(d, cfg.out_channels * pt * ph * pw, axes=(shd.EMBED, shd.OUT),
-                          param_dtype=cfg.params_dtype, dtype=cfg.compute_dtype, rngs=rngs)
+    self.proj_out = Dense(
+      d,
+      cfg.out_channels * pt * ph * pw,
+      axes=(shd.EMBED, shd.OUT),
+      param_dtype=cfg.params_dtype,
+      dtype=cfg.compute_dtype,
+      rngs=rngs,
+    )
     self.scale_shift_table = nnx.Param(
-        jax.random.normal(rngs.params(), (1, 2, d), jnp.float32) / d**0.5,
-        out_sharding=(None, shd.MOD, shd.EMBED),
+      jax.random.normal(rngs.params(), (1, 2, d), jnp.float32) / d**0.5,
+      out_sharding=(None, shd.MOD, shd.EMBED),
     )
 
   # ----------------------------------------------------------------------------------------------
@@ -98,14 +110,20 @@ class WanTransformer(nnx.Module):
       raise ValueError(f"timestep shape {timestep.shape} must be [B]=({b},)")
     if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != cfg.text_dim:
       raise ValueError(f"text shape {text.shape} must be [B={b}, S, text_dim={cfg.text_dim}]")
-    if image is not None and (image.ndim != 3 or image.shape[0] != b or image.shape[-1] != cfg.image_dim):
+    if image is not None and (
+      image.ndim != 3 or image.shape[0] != b or image.shape[-1] != cfg.image_dim
+    ):
       raise ValueError(f"image shape {image.shape} must be [B={b}, M, image_dim={cfg.image_dim}]")
     grid = (t // pt, hh // ph, ww // pw)
-    patches = rearrange(x, "b (t pt) (h ph) (w pw) c -> b (t h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw)
+    patches = rearrange(
+      x, "b (t pt) (h ph) (w pw) c -> b (t h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw
+    )
     h = shd.constrain(self.patch_embedding(patches.astype(cfg.compute_dtype)), _HIDDEN)
     temb, mod, text, image = self.condition_embedder(timestep, text, image)
     cos, sin = rope_angles(grid, cfg.head_dim, cfg.rope_max_seq_len)
-    ctx = dict(temb=temb, mod=mod, text=text, image=image, rope=(jnp.asarray(cos), jnp.asarray(sin)))
+    ctx = dict(
+      temb=temb, mod=mod, text=text, image=image, rope=(jnp.asarray(cos), jnp.asarray(sin))
+    )
     return h, ctx
 
   def _run_blocks(self, h, ctx, taps, stop_at_last=False):
@@ -142,7 +160,9 @@ class WanTransformer(nnx.Module):
     blocks = self.blocks
     if (start, stop) != (0, self.cfg.num_layers):
       blocks = nnx.merge(graphdef, jax.tree.map(lambda a: a[start:stop], state))
-    scan = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=_LAYER_META)
+    scan = nnx.scan(
+      body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=_LAYER_META
+    )
     return scan(h, blocks)
 
   def _head(self, h, temb, in_shape):
@@ -153,5 +173,13 @@ class WanTransformer(nnx.Module):
     shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None], 2, axis=1)
     x = (self.norm_out(h) * (1 + scale) + shift).astype(cfg.compute_dtype)
     out = self.proj_out(x)
-    return rearrange(out, "b (t h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c",
-                     t=t // pt, h=hh // ph, w=ww // pw, pt=pt, ph=ph, pw=pw)
+    return rearrange(
+      out,
+      "b (t h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c",
+      t=t // pt,
+      h=hh // ph,
+      w=ww // pw,
+      pt=pt,
+      ph=ph,
+      pw=pw,
+    )
