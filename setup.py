@@ -13,12 +13,14 @@ CORE = [
   "absl-py==2.5.1",
   "safetensors==0.8.0",
   "numpy>=2.0",
+  # Tokenizers for prompt encoding (no torch needed): transformers' tokenizer classes + ftfy.
+  "transformers==5.23.0",
+  "ftfy",
 ]
 # torch and friends: reference oracles and export targets (tests, bench/, pose_jax.convert).
 TEST = [
   "torch==2.13.0",
   "diffusers==0.42.1",
-  "transformers==5.23.0",
   "accelerate==1.15.0",
   "ftfy",
   "pytest",

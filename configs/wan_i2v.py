@@ -30,7 +30,7 @@ def get_config(arg=None):
   c.mesh.shape = (1, -1, 1, 1)  # FSDP over the whole slice
 
   c.sample = ml_collections.ConfigDict()
-  c.sample.batch = 1
+  c.sample.batch = 64  # one video per chip on a 64-chip slice (batch is sharded over data x fsdp)
   c.sample.frames = 81
   c.sample.height = height
   c.sample.width = width

@@ -35,10 +35,12 @@ def _main(*flags):
 
 
 def test_main_runs_toy_default_on_a_4_device_mesh():
-  r = _main("--config=configs/toy_i2v.py", "--config.mesh.shape=(2,2,1,1)")
+  r = _main(
+    "--config=configs/toy_i2v.py", "--config.mesh.shape=(2,2,1,1)", "--config.sample.batch=4"
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "mesh {'data': 2, 'fsdp': 2, 'context': 1, 'tensor': 1}" in r.stdout
-  assert re.search(r"latent \(2, 3, 8, 12, 16\) for video \(2, 9, 64, 96, 3\)", r.stdout)
+  assert re.search(r"latent \(4, 3, 8, 12, 16\) for video \(4, 9, 64, 96, 3\)", r.stdout)
   assert re.search(r"one-step DiT forward [\d.]+ ms", r.stdout)
 
 

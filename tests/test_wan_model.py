@@ -189,3 +189,41 @@ def test_config_validation():
     preset("tiny", attention="flash3")
   with pytest.raises(KeyError, match="unknown Wan preset"):
     preset("giant")
+
+
+@pytest.mark.parametrize("length", [256, 300, 77])  # whole chunks, a ragged last chunk, < 1 chunk
+def test_chunked_attention_equals_xla_attention(length):
+  from pose_jax.models.attention import dot_product_attention
+
+  ks = jax.random.split(jax.random.key(length), 4)
+  q = jax.random.normal(ks[0], (2, length, 3, 8))
+  k, v = (jax.random.normal(kk, (2, 45, 3, 8)) for kk in ks[1:3])
+  w = jax.random.normal(ks[3], q.shape)
+
+  def loss(impl, q, k, v):
+    return jnp.sum(dot_product_attention(q, k, v, impl) * w)
+
+  np.testing.assert_allclose(
+    dot_product_attention(q, k, v, "chunked"), dot_product_attention(q, k, v, "xla"), atol=1e-6
+  )
+  g1 = jax.grad(lambda *a: loss("chunked", *a), argnums=(0, 1, 2))(q, k, v)
+  g2 = jax.grad(lambda *a: loss("xla", *a), argnums=(0, 1, 2))(q, k, v)
+  _close_trees(g1, g2, tol=1e-5)
+
+
+def test_model_with_chunked_attention_equals_default():
+  base = _model()
+  chunked = nnx.merge(nnx.graphdef(_model(CFG.replace(attention="chunked"))), nnx.state(base))
+  args = _args()
+  np.testing.assert_allclose(chunked(*args), base(*args), rtol=0, atol=1e-5)
+
+
+def test_accelerator_kernels_refuse_to_run_on_cpu():
+  from pose_jax.models.attention import dot_product_attention
+
+  q = jnp.zeros((1, 4, 2, 8))
+  for impl in ("cudnn", "splash"):
+    with pytest.raises(ValueError, match="needs a"):
+      dot_product_attention(q, q, q, impl)
+  with pytest.raises(ValueError, match="unknown attention impl"):
+    dot_product_attention(q, q, q, "flash9")

@@ -4,6 +4,9 @@ Legend: B batch, L query tokens, S key tokens, N heads, K head dim. Layout ``[B,
 
 Kernels (``impl``):
   ``xla``    ``jax.nn.dot_product_attention(implementation='xla')``: runs everywhere; default.
+  ``chunked`` plain-JAX attention over query chunks of ``CHUNK`` tokens, each chunk under
+             ``jax.checkpoint``: memory O(chunk x S) instead of O(L x S) in training too, on any
+             backend. On a 2-core CPU it is ~3x faster than ``xla`` (bench/dit_speed.py).
   ``cudnn``  ``jax.nn.dot_product_attention(implementation='cudnn')``: NVIDIA GPUs, bf16/fp16.
   ``splash`` Pallas TPU splash attention, mapped over the mesh with ``jax.shard_map`` (batch over
              ``data``+``fsdp``, heads over ``tensor``); TPU only. Keys/values must be whole on
@@ -16,11 +19,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from jax.sharding import PartitionSpec as P
 
 from pose_jax import sharding as shd
 
-IMPLS = ("xla", "cudnn", "splash")
+IMPLS = ("xla", "chunked", "cudnn", "splash")
+CHUNK = 256
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla") -> jax.Array:
@@ -29,6 +34,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = 
     raise ValueError(f"attention shapes q={q.shape} k={k.shape} v={v.shape} are not [B,L,N,K]")
   if impl == "xla":
     return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  if impl == "chunked":
+    return _chunked(q, k, v)
   if impl == "cudnn":
     _require_backend("cudnn", "gpu")
     return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
@@ -36,6 +43,23 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = 
     _require_backend("splash", "tpu")
     return _splash(q, k, v)
   raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}")
+
+
+def _softmax_attention(q, k, v):
+  """Softmax attention with float32 scores and probabilities."""
+  s = jnp.einsum("blnk,bsnk->bnls", q, k, preferred_element_type=jnp.float32)
+  p = jax.nn.softmax(s * q.shape[-1] ** -0.5, axis=-1)
+  return jnp.einsum("bnls,bsnk->blnk", p.astype(v.dtype), v)
+
+
+def _chunked(q, k, v, chunk: int = CHUNK):
+  length = q.shape[1]
+  chunk = min(chunk, length)
+  pad = -length % chunk
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  chunks = rearrange(q, "b (c l) n k -> c b l n k", l=chunk)
+  out = jax.lax.map(jax.checkpoint(lambda qc: _softmax_attention(qc, k, v)), chunks)
+  return rearrange(out, "c b l n k -> b (c l) n k")[:, :length]
 
 
 def _require_backend(impl: str, backend: str) -> None:
@@ -110,10 +134,3 @@ def _axis_size(mesh, axes) -> int:
   for a in axes:
     size *= mesh.shape[a]
   return size
-
-
-def reference_attention(q, k, v):
-  """Plain einsum softmax attention in float32 (used by tests as an independent check)."""
-  s = jnp.einsum("blnk,bsnk->bnls", q.astype(jnp.float32), k.astype(jnp.float32))
-  p = jax.nn.softmax(s * q.shape[-1] ** -0.5, axis=-1)
-  return jnp.einsum("bnls,bsnk->blnk", p, v.astype(jnp.float32)).astype(q.dtype)
