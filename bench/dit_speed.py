@@ -1,8 +1,8 @@
 """JAX (jit) vs diffusers torch (eager) speed of the Wan DiT on this CPU, side by side.
 
-  python bench/dit_speed.py [--repeats 5] [--threads N]
+  python bench/dit_speed.py [--repeats 5] [--attention xla|chunked]
 
-Same weights, same inputs, same thread count; the two frameworks are timed in interleaved
+Same weights, same inputs, all cores for both; the two frameworks are timed in interleaved
 rounds (jax, torch, jax, torch, ...) so background load hits both alike. Reports medians of
 forward and forward+backward (gradient of a scalar loss w.r.t. all weights), writes
 bench/results/dit_speed.json and prints ``jax/torch speedup fwd=X fwdbwd=Y``.
@@ -37,12 +37,10 @@ SHAPE = dict(batch=2, frames=5, height=32, width=32, text_len=512, image_len=257
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--repeats", type=int, default=5)
-  ap.add_argument("--threads", type=int, default=os.cpu_count())
-  ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "dit_speed.json"))
+  ap.add_argument("--attention", default="xla", help="JAX attention impl (xla | chunked)")
+  ap.add_argument("--out", default=None, help="default: bench/results/dit_speed_<attention>.json")
   args = ap.parse_args()
-  os.environ["XLA_FLAGS"] = (
-    f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}"
-  )
+  threads = os.cpu_count()  # XLA:CPU uses every core by default; torch is set to the same
 
   import jax
   import jax.numpy as jnp
@@ -54,12 +52,12 @@ def main():
   from pose_jax.models.wan import preset
   from tests.wan_torch import inputs, torch_wan
 
-  torch.set_num_threads(args.threads)
+  torch.set_num_threads(threads)
   cfg = preset("i2v_14b", **CONFIG)
   tm = torch_wan(cfg, seed=0, noise=0.0)
   with tempfile.TemporaryDirectory() as d:
     tm.save_pretrained(d)
-    model = load_transformer(d)
+    model = load_transformer(d, attention=args.attention)
   s = SHAPE
   inp = inputs(
     cfg,
@@ -118,7 +116,7 @@ def main():
   result = dict(
     config=CONFIG,
     shape=s,
-    threads=args.threads,
+    threads=threads,
     repeats=args.repeats,
     machine=f"{platform.machine()} {os.cpu_count()} cores",
     jax=jax.__version__,
@@ -130,8 +128,9 @@ def main():
     speedup_fwdbwd=med["torch_fwdbwd"] / med["jax_fwdbwd"],
     params=int(sum(np.prod(a.shape) for a in jax.tree.leaves(params))),
   )
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
+  out = args.out or os.path.join(ROOT, "bench", "results", f"dit_speed_{args.attention}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
     json.dump(result, f, indent=1)
   for k, v in med.items():
     print(f"{k:14s} {v * 1e3:9.1f} ms")

@@ -1,0 +1,1 @@
+"""The POSE method: time sampling, losses, discriminator head and the phase steps."""
