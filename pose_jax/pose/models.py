@@ -1,13 +1,17 @@
 """Builds the POSE model set from one DiT config: graphdefs plus initial parameter trees.
 
 G (student), E (EMA) and R (teacher) share one graphdef; F adds LoRA to R's graph, so its base
-weights *are* the teacher's (no second copy). Parameters are returned as nnx States.
+weights *are* the teacher's (no second copy). Parameters are nnx States. With a mesh, every
+tree is created abstractly first and initialised straight into its sharding (no unsharded
+copy of the DiT ever exists; the LoRA model's base weights are never materialised).
 """
 
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
+from pose_jax import sharding as shd
 from pose_jax.models.layers import LoRAParam
 from pose_jax.models.wan import WanConfig, WanTransformer
 from pose_jax.pose.discriminator import SemanticHead, default_taps
@@ -15,28 +19,47 @@ from pose_jax.pose.knobs import PoseKnobs
 from pose_jax.steps import Models
 
 
-def build(cfg: WanConfig, knobs: PoseKnobs, seed: int = 0):
-  """``(models, teacher, lora, head)``; the student and EMA start as copies of the teacher."""
-  graphdef, teacher = nnx.split(WanTransformer(cfg, rngs=nnx.Rngs(seed)))
-  # Only the LoRA leaves of this model are kept; its base weights are the teacher's.
+def _makers(cfg: WanConfig, knobs: PoseKnobs, seed: int):
+  taps = tuple(knobs.d_layers) or default_taps(cfg.num_layers, min(4, cfg.num_layers))
   lora_cfg = cfg.replace(lora_rank=knobs.lora_rank, lora_alpha=knobs.lora_alpha)
-  dit_lora, lora, _ = nnx.split(WanTransformer(lora_cfg, rngs=nnx.Rngs(seed + 1)), LoRAParam, ...)
-  taps = knobs.d_layers or default_taps(cfg.num_layers, min(4, cfg.num_layers))
-  head_model = SemanticHead(
-    cfg.dim,
-    len(taps),
-    width=knobs.d_width,
-    heads=knobs.d_heads,
-    num_queries=knobs.d_num_queries,
-    text_dim=cfg.text_dim,
-    image_dim=cfg.image_dim,
-    conditional=knobs.conditional,
-    rngs=nnx.Rngs(seed + 2),
+  return taps, dict(
+    dit=lambda: WanTransformer(cfg, rngs=nnx.Rngs(seed)),
+    lora=lambda: WanTransformer(lora_cfg, rngs=nnx.Rngs(seed + 1)),
+    head=lambda: SemanticHead(
+      cfg.dim, len(taps), width=knobs.d_width, heads=knobs.d_heads,
+      num_queries=knobs.d_num_queries, text_dim=cfg.text_dim, image_dim=cfg.image_dim,
+      conditional=knobs.conditional, rngs=nnx.Rngs(seed + 2),
+    ),
   )
-  head_def, head = nnx.split(head_model)
-  return (
-    Models(dit=graphdef, dit_lora=dit_lora, head=head_def, taps=tuple(taps)),
-    teacher,
-    lora,
-    head,
-  )
+
+
+def build(cfg: WanConfig, knobs: PoseKnobs, seed: int = 0, mesh=None):
+  """``(models, teacher, lora, head)``: graphdefs and freshly initialised States.
+
+  With ``mesh``, the States are created directly in their shardings (abstract first).
+  """
+  taps, make = _makers(cfg, knobs, seed)
+  graphdefs, states = {}, {}
+  for name, maker in make.items():
+    filt = (LoRAParam,) if name == "lora" else ()
+    abstract = nnx.eval_shape(maker)
+    if filt:
+      graphdef, _, _ = nnx.split(abstract, LoRAParam, ...)
+    else:
+      graphdef = nnx.graphdef(abstract)
+    graphdefs[name] = graphdef
+
+    def init(maker=maker, filt=filt):
+      module = maker()
+      return nnx.state(module, *filt) if filt else nnx.state(module)
+
+    if mesh is None:
+      states[name] = jax.jit(init)()
+    else:
+      with shd.axis_rules():
+        target = jax.eval_shape(init)
+        shardings = shd.state_shardings(target, mesh)
+      with shd.use_mesh(mesh):
+        states[name] = jax.jit(init, out_shardings=shardings)()
+  models = Models(dit=graphdefs["dit"], dit_lora=graphdefs["lora"], head=graphdefs["head"], taps=taps)
+  return models, states["dit"], states["lora"], states["head"]

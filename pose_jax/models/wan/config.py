@@ -135,7 +135,7 @@ class WanConfig:
 
 
 PRESETS: dict[str, WanConfig] = {
-  # Tests and the toy run: 2 heads x 16, 2 layers.
+  # Tests: 2 heads x 16, 2 layers.
   "tiny": WanConfig(
     num_heads=2,
     head_dim=16,
@@ -144,6 +144,18 @@ PRESETS: dict[str, WanConfig] = {
     freq_dim=32,
     ffn_dim=64,
     num_layers=2,
+    image_dim=32,
+  ),
+  # The CPU toy run on the toy codec's pixel latents (Z=3): in = 3 noise + 4 mask + 3 cond.
+  "toy": WanConfig(
+    num_heads=4,
+    head_dim=16,
+    in_channels=10,
+    out_channels=3,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=128,
+    num_layers=4,
     image_dim=32,
   ),
   "tiny_t2v": WanConfig(
