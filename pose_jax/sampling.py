@@ -1,0 +1,68 @@
+"""Samplers on latents: the student's one-step (and k-step) generator and the teacher's
+flow-matching Euler baseline with time shift and CFG.
+
+``cond`` (I2V: 4 mask channels + condition latent) is concatenated to the noisy latent at every
+call, as the teacher pipeline does. Times are in [0, 1]; the DiT sees ``1000 t``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pose_jax.pose import timesteps
+
+
+def velocity(graphdef, params, x, t, cond, text, image):
+  if cond is not None:
+    x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
+  t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+  model = nnx.merge(graphdef, params, copy=True)
+  return model(x, timesteps.to_model_time(t), text, image).astype(jnp.float32)
+
+
+def student(graphdef, params, noise, cond, text, image, steps: int = 1, key=None):
+  """``x0 = eps - G(eps, 1)``; with ``steps > 1``, re-noise to evenly spaced times and repeat."""
+  x0 = noise - velocity(graphdef, params, noise, 1.0, cond, text, image)
+  times = np.linspace(1.0, 0.0, steps + 1)[1:-1]
+  for i, t in enumerate(times):
+    if key is None:
+      raise ValueError("k-step student sampling needs a key for re-noising")
+    eps = jax.random.normal(jax.random.fold_in(key, i), noise.shape, noise.dtype)
+    x_t = (1.0 - t) * x0 + t * eps
+    x0 = x_t - t * velocity(graphdef, params, x_t, t, cond, text, image)
+  return x0
+
+
+def euler_times(steps: int, shift: float) -> np.ndarray:
+  """``steps + 1`` times from 1 to 0: ``shift(linspace(1, 1/steps, steps))`` then 0."""
+  return np.append(np.asarray(timesteps.shift(np.linspace(1.0, 1.0 / steps, steps), shift)), 0.0)
+
+
+def teacher_euler(
+  graphdef,
+  params,
+  noise,
+  cond,
+  text,
+  image,
+  *,
+  steps: int,
+  shift: float,
+  cfg: float = 1.0,
+  neg_text=None,
+):
+  """Flow-matching Euler: ``x <- x + (t_next - t) v``, CFG ``v_u + cfg (v_c - v_u)``."""
+  if cfg != 1.0 and neg_text is None:
+    raise ValueError("CFG needs the negative-prompt text tokens")
+  times = euler_times(steps, shift)
+  x = noise
+  for t, t_next in zip(times[:-1], times[1:]):
+    v = velocity(graphdef, params, x, t, cond, text, image)
+    if cfg != 1.0:
+      v_u = velocity(graphdef, params, x, t, cond, neg_text, image)
+      v = v_u + cfg * (v - v_u)
+    x = x + (t_next - t) * v
+  return x
