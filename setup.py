@@ -13,6 +13,9 @@ CORE = [
   "absl-py==2.5.1",
   "safetensors==0.8.0",
   "numpy>=2.0",
+  # Data: toy clips (skimage.data photos) and video decoding for pose_jax.prepare.
+  "scikit-image>=0.24",
+  "av>=14",
   # Tokenizers for prompt encoding (no torch needed): transformers' tokenizer classes + ftfy.
   "transformers==5.23.0",
   "ftfy",

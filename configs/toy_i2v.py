@@ -87,13 +87,6 @@ def get_config(arg=None):
   c.data.path = ""  # records: ArrayRecord shards dir; toy: built under <workdir>/data
   c.data.frames = 9
   c.data.size = 48
+  c.data.eval_path = ""
 
-  c.sample = ml_collections.ConfigDict()
-  c.sample.batch = 2
-  c.sample.frames = 9  # video frames, 1+4k
-  c.sample.height = 48
-  c.sample.width = 48
-  c.sample.text_len = 16
-  c.sample.image_len = 17
-  c.sample.repeats = 3
   return c

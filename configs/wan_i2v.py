@@ -1,19 +1,24 @@
 """Wan2.1-I2V-14B. Variants: ``--config=configs/wan_i2v.py:480p`` (default) or ``:720p``.
 
-Training sections (pose / optim / data / ckpt) arrive with the training issue; this file already
-fixes the model, the mesh and the video sizes.
+  python -m pose_jax.main --config=configs/wan_i2v.py --workdir=gs://BUCKET/runs/pose480 \
+    --config.ckpt.init_from=gs://BUCKET/teachers/wan21_i2v_14b  --config.data.path=/data/shards
+
+Steps and learning rates follow the paper (second-hand: ~500 priming steps at 1e-6, ~1000
+equilibrium steps at 2e-6). The mesh and remat defaults are provisional until the TPU
+ahead-of-time compile table (TPU issue) picks them.
 """
 
 import ml_collections
 
-SIZES = {"480p": (480, 832, 3.0), "720p": (720, 1280, 5.0)}  # height, width, flow shift
+# height, width, flow shift (Wan: 3.0 at 480p, 5.0 at 720p)
+SIZES = {"480p": (480, 832, 3.0), "720p": (720, 1280, 5.0)}
 
 
 def get_config(arg=None):
   variant = arg or "480p"
   if variant not in SIZES:
     raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(SIZES)}")
-  height, width, _ = SIZES[variant]
+  height, width, shift = SIZES[variant]
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -29,12 +34,57 @@ def get_config(arg=None):
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (1, -1, 1, 1)  # FSDP over the whole slice
 
-  c.sample = ml_collections.ConfigDict()
-  c.sample.batch = 64  # one video per chip on a 64-chip slice (batch is sharded over data x fsdp)
-  c.sample.frames = 81
-  c.sample.height = height
-  c.sample.width = width
-  c.sample.text_len = 512
-  c.sample.image_len = 257
-  c.sample.repeats = 1
+  c.pose = ml_collections.ConfigDict()
+  c.pose.phases = ("priming", "equilibrium")
+  c.pose.steps = (500, 1000)
+  c.pose.flow_shift = shift
+  c.pose.s_lo = 0.9
+  c.pose.s_lo_end = None
+  c.pose.cfg_real = 5.0
+  c.pose.fake_updates_per_step = 1
+  c.pose.lora_rank = 64
+  c.pose.lora_alpha = None
+  c.pose.d_backbone = "ema"
+  c.pose.d_layers = ()
+  c.pose.d_num_queries = 8
+  c.pose.d_width = 1024
+  c.pose.d_heads = 8
+  c.pose.d_noise = "uniform"
+  c.pose.ema_decay = 0.995
+  c.pose.lam_r1 = 1.0
+  c.pose.sigma_s = 0.01
+  c.pose.sigma_t = 0.1
+  c.pose.conditional = True
+  c.pose.lam_cons = 10.0
+  c.pose.cons_cfg = 1.0
+  c.pose.joint_gan_weight = 1.0
+
+  c.optim = ml_collections.ConfigDict()
+  group = dict(lr=1e-6, warmup_steps=50, decay="constant", final_frac=0.0, clip=1.0, b1=0.9,
+               b2=0.999, eps=1e-8, weight_decay=0.0)  # fmt: skip
+  c.optim.student = dict(group)
+  c.optim.lora = dict(group, lr=1e-5)
+  c.optim.head = dict(group, lr=2e-6)
+  c.optim.freeze = ()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64  # global; one clip per chip on a 64-chip slice
+  c.train.micro_batches = 1
+  c.train.log_every = 10
+  c.train.max_bad_steps = 10
+
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every = 100
+  c.ckpt.keep = 3
+  c.ckpt.async_save = True
+  c.ckpt.init_from = ""  # the converted teacher: python -m pose_jax.convert import ...
+
+  c.data = ml_collections.ConfigDict()
+  c.data.kind = "records"
+  c.data.path = ""  # ArrayRecord shards from python -m pose_jax.prepare
+  c.data.eval_path = ""
+  c.data.frames = 81
+  c.data.height = height
+  c.data.width = width
+  c.data.size = 0  # toy data only
   return c

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ml_collections
-import numpy as np
 
 from pose_jax import sharding as shd
 from pose_jax.models.wan import WanConfig, preset
 from pose_jax.models.wan.config import PRESETS
+from pose_jax.pose.knobs import PoseKnobs
 
-VAE_SPATIAL, VAE_TEMPORAL = 8, 4
+VAE_TEMPORAL = 4
+DATA_KINDS = ("toy", "records")
 
 
 class ConfigError(ValueError):
@@ -31,32 +32,39 @@ def wan_config(model: ml_collections.ConfigDict) -> WanConfig:
     _fail("model", str(e))
 
 
-def latent_shape(sample, cfg: WanConfig) -> tuple[int, int, int]:
-  """Latent (T, H, W) of a ``frames x height x width`` video."""
-  return (
-    1 + (sample.frames - 1) // VAE_TEMPORAL,
-    sample.height // VAE_SPATIAL,
-    sample.width // VAE_SPATIAL,
-  )
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
   """Raises ConfigError naming the first bad key."""
   cfg = wan_config(config.model)
-  shape = list(config.mesh.shape)
   try:
-    mesh_sizes = shd.resolve_mesh_shape(shape, num_devices)
+    mesh = shd.resolve_mesh_shape(config.mesh.shape, num_devices)
   except ValueError as e:
     _fail("mesh.shape", str(e))
-  s = config.sample
-  if s.frames < 1 or (s.frames - 1) % VAE_TEMPORAL:
-    _fail("sample.frames", f"{s.frames} is not 1+4k (the Wan VAE's temporal stride is 4)")
-  stride = VAE_SPATIAL * cfg.patch_size[1]
-  for key in ("height", "width"):
-    if s[key] < stride or s[key] % stride:
-      _fail(f"sample.{key}", f"{s[key]} must be a positive multiple of {stride} (VAE x patch)")
-  dp = int(np.prod([mesh_sizes["data"], mesh_sizes["fsdp"]]))
-  if s.batch % dp:
-    _fail("sample.batch", f"{s.batch} is not divisible by data x fsdp parallelism {dp}")
-  if cfg.num_heads % mesh_sizes["tensor"]:
-    _fail("mesh.shape", f"tensor={mesh_sizes['tensor']} does not divide num_heads={cfg.num_heads}")
+  if cfg.num_heads % mesh["tensor"]:
+    _fail("mesh.shape", f"tensor={mesh['tensor']} does not divide num_heads={cfg.num_heads}")
+  try:
+    knobs = PoseKnobs.from_config(config.pose)
+  except (TypeError, ValueError) as e:
+    _fail("pose", str(e))
+  if knobs.fake_updates_per_step != 1:
+    _fail("pose.fake_updates_per_step", "only 1 is implemented so far")
+  if "joint" in knobs.phases or knobs.d_backbone == "trainable_copy":
+    _fail("pose", "phase 'joint' and d_backbone='trainable_copy' are not implemented yet")
+  if max(knobs.d_layers, default=0) >= cfg.num_layers:
+    _fail("pose.d_layers", f"{knobs.d_layers} has a block index >= num_layers={cfg.num_layers}")
+  d = config.data
+  if d.kind not in DATA_KINDS:
+    _fail("data.kind", f"{d.kind!r} not in {DATA_KINDS}")
+  if d.frames < 1 or (d.frames - 1) % VAE_TEMPORAL:
+    _fail("data.frames", f"{d.frames} is not 1+4k (the VAE's temporal stride is 4)")
+  if d.kind == "records" and not d.path:
+    _fail("data.path", "data.kind='records' needs the directory of ArrayRecord shards")
+  t = config.train
+  dp = mesh["data"] * mesh["fsdp"]
+  if t.batch_size % dp:
+    _fail("train.batch_size", f"{t.batch_size} is not divisible by data x fsdp parallelism {dp}")
+  if t.batch_size % num_processes:
+    _fail("train.batch_size", f"{t.batch_size} is not divisible by {num_processes} processes")
+  if t.micro_batches < 1 or (t.batch_size // num_processes) % t.micro_batches:
+    _fail("train.micro_batches", f"{t.micro_batches} does not divide the per-process batch")
+  if config.ckpt.every < 1 or config.ckpt.keep < 1:
+    _fail("ckpt", "every and keep must be >= 1")

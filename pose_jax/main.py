@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 from absl import app, flags
 from ml_collections import config_flags
@@ -9,7 +11,9 @@ from ml_collections import config_flags
 from pose_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/toy_i2v.py", "Experiment config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (local path or gs://...).")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", "workdir/toy_i2v", "Run directory (local path or gs://...); rerunning resumes it."
+)
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address", None, "host:port of process 0 (multi-process runs)."
 )
@@ -26,15 +30,53 @@ def _init_distributed() -> None:
     )
 
 
+def _data(config, workdir: str):
+  """``(train iterator, eval batch | None)`` for ``config.data``."""
+  from pose_jax.data import records
+
+  per_process = config.train.batch_size // jax.process_count()
+  if config.data.kind == "toy":
+    from pose_jax.data import toy
+
+    root = os.path.join(workdir, "data")
+    if not os.path.exists(os.path.join(root, "train", records.META)):
+      toy.build_dataset(root, size=config.data.size, frames=config.data.frames, seed=config.seed)
+    train_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
+  else:
+    train_dir, eval_dir = config.data.path, config.data.get("eval_path", "")
+  iterator = records.make_iterator(train_dir, per_process, seed=config.seed)
+  eval_batch = None
+  if eval_dir and os.path.exists(os.path.join(eval_dir, records.META)):
+    n = min(8, records.read_meta(eval_dir)["num_examples"])
+    eval_batch = next(records.make_iterator(eval_dir, n, shuffle=False, shard_by_process=False))
+  return iterator, eval_batch
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _init_distributed()
   config = _CONFIG.value
-  config_lib.validate(config, jax.device_count())
-  from pose_jax import forward_demo  # the training loop replaces this when it lands
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  from pose_jax import train  # noqa: PLC0415  (keeps --help fast)
 
-  forward_demo.run(config)
+  iterator, eval_batch = _data(config, _WORKDIR.value)
+  result = train.run(config, _WORKDIR.value, iterator)
+  if eval_batch is not None and config.data.kind == "toy":
+    from pose_jax import toy_eval
+
+    report = toy_eval.report(
+      result.models,
+      result.state,
+      result.teacher,
+      eval_batch,
+      teacher_steps=20,
+      shift=config.pose.flow_shift,
+      cfg=config.pose.cfg_real,
+    )
+    print("one-step samples on held-out photos (toy codec, decoded):")
+    for name, m in report.items():
+      print(f"  {name:18s} " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
 
 
 if __name__ == "__main__":

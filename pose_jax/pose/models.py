@@ -26,9 +26,15 @@ def _makers(cfg: WanConfig, knobs: PoseKnobs, seed: int):
     dit=lambda: WanTransformer(cfg, rngs=nnx.Rngs(seed)),
     lora=lambda: WanTransformer(lora_cfg, rngs=nnx.Rngs(seed + 1)),
     head=lambda: SemanticHead(
-      cfg.dim, len(taps), width=knobs.d_width, heads=knobs.d_heads,
-      num_queries=knobs.d_num_queries, text_dim=cfg.text_dim, image_dim=cfg.image_dim,
-      conditional=knobs.conditional, rngs=nnx.Rngs(seed + 2),
+      cfg.dim,
+      len(taps),
+      width=knobs.d_width,
+      heads=knobs.d_heads,
+      num_queries=knobs.d_num_queries,
+      text_dim=cfg.text_dim,
+      image_dim=cfg.image_dim,
+      conditional=knobs.conditional,
+      rngs=nnx.Rngs(seed + 2),
     ),
   )
 
@@ -61,5 +67,7 @@ def build(cfg: WanConfig, knobs: PoseKnobs, seed: int = 0, mesh=None):
         shardings = shd.state_shardings(target, mesh)
       with shd.use_mesh(mesh):
         states[name] = jax.jit(init, out_shardings=shardings)()
-  models = Models(dit=graphdefs["dit"], dit_lora=graphdefs["lora"], head=graphdefs["head"], taps=taps)
+  models = Models(
+    dit=graphdefs["dit"], dit_lora=graphdefs["lora"], head=graphdefs["head"], taps=taps
+  )
   return models, states["dit"], states["lora"], states["head"]

@@ -1,0 +1,49 @@
+"""Training checkpoints with orbax: train state + teacher (when trained here) + data iterator +
+run metadata, one ``CheckpointManager`` under ``<workdir>/checkpoints`` (local or ``gs://``).
+
+Orbax writes each step to a temporary directory and renames it when complete, so a step that
+was interrupted is never listed by ``all_steps()`` / ``latest_step()``.
+"""
+
+from __future__ import annotations
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+def manager(workdir: str, every: int, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+  path = epath.Path(workdir) / "checkpoints"
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep,
+    save_interval_steps=every,
+    create=True,
+    enable_async_checkpointing=async_save,
+  )
+  return ocp.CheckpointManager(path, options=options)
+
+
+def save(mngr, step: int, state, meta: dict, iterator=None, teacher=None, force=False) -> bool:
+  items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+  if teacher is not None:
+    items["teacher"] = ocp.args.StandardSave(teacher)
+  if iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(iterator)
+  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(mngr, step: int, abstract_state, iterator=None, abstract_teacher=None):
+  """``(state, meta, teacher | None)`` restored into the abstract targets' shardings."""
+  items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+  if abstract_teacher is not None:
+    items["teacher"] = ocp.args.StandardRestore(abstract_teacher)
+  if iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+  out = mngr.restore(step, args=ocp.args.Composite(**items))
+  return out["state"], out["meta"], out.get("teacher") if abstract_teacher is not None else None
+
+
+def abstract(tree):
+  """ShapeDtypeStructs (with shardings) of a live pytree: the restore target."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -1,0 +1,279 @@
+"""Streamed import: diffusers or original Wan2.1 safetensors -> a model checkpoint (orbax).
+
+Everything is checked from the safetensors headers before a byte of weights is read: every
+source key must map to a parameter of the model built from the config, every parameter (and
+every layer of a stacked one) must be filled exactly once, shapes must match after the layout
+transform and dtypes must be floating point. One :class:`CheckpointError` lists all problems.
+
+Then each target parameter is written piece by piece (:class:`orbax_io.LazyArray`): a stacked
+``blocks/...`` array of L layers reads its L source tensors one at a time. Tensors are read with
+plain file reads into a fresh buffer, not through safetensors' memory map, whose touched pages
+would count towards (and inflate) the process's resident memory for the whole import.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import struct
+
+import ml_dtypes
+import numpy as np
+from etils import epath
+from flax import nnx
+from tqdm import tqdm
+
+from pose_jax.convert import orbax_io, strict, wan_diffusers, wan_original
+from pose_jax.convert.safetensors_io import CheckpointError, SafetensorsReader, read_config
+from pose_jax.models.wan import WanConfig, WanTransformer
+
+ST_DTYPES = {
+  "F64": np.dtype(np.float64),
+  "F32": np.dtype(np.float32),
+  "F16": np.dtype(np.float16),
+  "BF16": np.dtype(ml_dtypes.bfloat16),
+}
+DTYPE_ALIASES = {
+  "bf16": "bfloat16",
+  "bfloat16": "bfloat16",
+  "fp32": "float32",
+  "float32": "float32",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+  file: str
+  dtype: str  # safetensors name (F32, BF16, ...)
+  shape: tuple[int, ...]
+  begin: int  # absolute byte offsets in the file
+  end: int
+
+
+def read_header(fname: str) -> dict[str, TensorInfo]:
+  """Parses and validates a safetensors header (sizes against the file's length)."""
+  path = epath.Path(fname)
+  try:
+    size = path.stat().length
+    with path.open("rb") as f:
+      (n,) = struct.unpack("<Q", f.read(8))
+      if n > size - 8:
+        raise ValueError(f"header length {n} exceeds the file size {size}")
+      header = json.loads(f.read(n))
+  except Exception as e:
+    raise CheckpointError(f"{fname}: not a readable safetensors file ({e})") from e
+  header.pop("__metadata__", None)
+  out, start = {}, 8 + n
+  for key, entry in header.items():
+    begin, end = (start + o for o in entry["data_offsets"])
+    if end > size:
+      raise CheckpointError(f"{fname}: truncated ({key!r} ends at byte {end}, file has {size})")
+    out[key] = TensorInfo(fname, entry["dtype"], tuple(entry["shape"]), begin, end)
+  return out
+
+
+def read_tensor(info: TensorInfo) -> np.ndarray:
+  """One tensor, read into a new array (no memory map)."""
+  dtype = ST_DTYPES[info.dtype]
+  out = np.empty(info.shape, dtype)
+  try:
+    with epath.Path(info.file).open("rb") as f:
+      f.seek(info.begin)
+      got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+  except OSError as e:
+    raise CheckpointError(f"{info.file}: cannot read tensor at byte {info.begin} ({e})") from e
+  if got != info.end - info.begin or out.nbytes != got:
+    raise CheckpointError(f"{info.file}: short read at byte {info.begin} ({got} bytes)")
+  return out
+
+
+def source_tensors(src: str) -> dict[str, TensorInfo]:
+  """``{key: TensorInfo}`` over a single file or an index of shards (see SafetensorsReader)."""
+  reader = SafetensorsReader(src)
+  keys = reader.keys()  # validates the index against the shards' own key lists
+  infos: dict[str, TensorInfo] = {}
+  for fname in sorted({reader.file_of(k) for k in keys}):
+    infos.update(read_header(fname))
+  return {k: infos[k] for k in keys}
+
+
+# --- target shapes -------------------------------------------------------------------------------
+def target_specs(cfg: WanConfig) -> dict[strict.Path, object]:
+  """``{path: ShapeDtypeStruct}`` of the base (``lora_rank=0``) parameters; nothing allocated."""
+  with nnx.use_eager_sharding(False):
+    model = nnx.eval_shape(lambda: WanTransformer(cfg.replace(lora_rank=0), rngs=nnx.Rngs(0)))
+  return strict.flat_shapes(nnx.state(model, nnx.Param))
+
+
+def _transformed_shape(transform, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+  if transform is wan_diffusers._linear:
+    return shape[::-1] if len(shape) == 2 else None
+  if transform is wan_diffusers._conv_to_dense:
+    if len(shape) != 5:
+      return None
+    d, c, pt, ph, pw = shape
+    return (pt * ph * pw * c, d)
+  return shape
+
+
+def _key_map(fmt: str):
+  if fmt == "diffusers":
+    return wan_diffusers.key_map
+  if fmt == "wan":
+    return lambda k: (d := wan_original.to_diffusers_key(k)) and wan_diffusers.key_map(d)
+  raise ValueError(f"unknown source format {fmt!r} (diffusers or wan)")
+
+
+def _source_config(src: str, fmt: str, tensors: dict[str, TensorInfo]) -> WanConfig:
+  if fmt == "diffusers":
+    return WanConfig.from_diffusers(read_config(src))  # a .safetensors file alone needs --config
+  cfg_file = epath.Path(src) / "config.json"
+  cfg_json = read_config(src) if cfg_file.is_file() else None
+  try:
+    return wan_original.infer_config({k: t.shape for k, t in tensors.items()}, cfg_json)
+  except ValueError as e:
+    raise CheckpointError(f"{src}: {e} (pass the architecture with --config)") from e
+
+
+def _default_dtype(tensors) -> str:
+  by_dtype = collections.Counter()
+  for t in tensors.values():
+    by_dtype[t.dtype] += t.end - t.begin
+  return "bfloat16" if by_dtype and by_dtype.most_common(1)[0][0] == "BF16" else "float32"
+
+
+@dataclasses.dataclass
+class ImportPlan:
+  cfg: WanConfig
+  params: dict  # nested {name: LazyArray}
+  meta: dict
+  total_bytes: int
+  largest_source: tuple[str, int]  # (key, bytes)
+  largest_target: tuple[str, int]  # (param path, bytes)
+
+
+def listing(items: list, limit: int = 20) -> str:
+  """``name (n): [first items...]`` for error messages (a 14B model has ~1300 keys)."""
+  more = f", ... {len(items) - limit} more" if len(items) > limit else ""
+  return f"({len(items)}): {items[:limit]}"[:-1] + more + "]"
+
+
+def plan_import(
+  src: str, fmt: str = "diffusers", dtype: str | None = None, config: WanConfig | None = None
+) -> ImportPlan:
+  """Checks a source checkpoint against the model and returns what to write (nothing read yet)."""
+  tensors = source_tensors(src)
+  cfg = config if config is not None else _source_config(src, fmt, tensors)
+  dtype = DTYPE_ALIASES.get(dtype or _default_dtype(tensors))
+  if dtype is None:
+    raise ValueError(f"unsupported dtype (choose from {sorted(DTYPE_ALIASES)})")
+  cfg = cfg.replace(param_dtype=dtype, lora_rank=0)
+  targets = target_specs(cfg)
+  key_map = _key_map(fmt)
+  pieces = collections.defaultdict(dict)  # path -> {layer: (key, transform)}
+  unexpected, mismatched, bad_dtype, duplicate = [], [], [], []
+  for key, info in tensors.items():
+    tgt = key_map(key)
+    if tgt is None or tgt.path not in targets:
+      unexpected.append(key)
+      continue
+    if info.dtype not in ST_DTYPES:
+      bad_dtype.append(f"{key}: {info.dtype}")
+      continue
+    spec = targets[tgt.path]
+    stacked = tgt.path[0] == "blocks"
+    want = spec.shape[1:] if stacked else spec.shape
+    got = _transformed_shape(tgt.transform, info.shape)
+    if stacked and tgt.layer is not None and tgt.layer >= spec.shape[0]:
+      mismatched.append(f"{key}: layer {tgt.layer}, but the model has {spec.shape[0]} layers")
+      continue
+    if got != tuple(want) or stacked != (tgt.layer is not None):
+      where = "" if tgt.layer is None else f"[layer {tgt.layer}]"
+      mismatched.append(
+        f"{key}: source {info.shape} -> {'/'.join(tgt.path)}{where} expects {tuple(want)}"
+      )
+      continue
+    if tgt.layer in pieces[tgt.path]:
+      duplicate.append(f"{key} and {pieces[tgt.path][tgt.layer][0]}")
+    pieces[tgt.path][tgt.layer] = (key, tgt.transform)
+  missing = []
+  for path, spec in targets.items():
+    want = set(range(spec.shape[0])) if path[0] == "blocks" else {None}
+    lost = want - set(pieces.get(path, {}))
+    if lost:
+      missing.append("/".join(path) + ("" if lost == {None} else f" layers {sorted(lost)}"))
+  problems = [
+    (missing, "missing"),
+    (unexpected, "unexpected"),
+    (mismatched, "wrong shape"),
+    (bad_dtype, "unsupported dtype"),
+    (duplicate, "duplicate"),
+  ]
+  if any(p for p, _ in problems):
+    parts = [f"{name} {listing(p)}" for p, name in problems if p]
+    raise CheckpointError(f"{src}: checkpoint does not match the model; " + "; ".join(parts))
+
+  params, source_dtypes = {}, {}
+  for path, spec in targets.items():
+    entries = sorted(pieces[path].items(), key=lambda kv: -1 if kv[0] is None else kv[0])
+    arr = orbax_io.LazyArray(
+      tuple(spec.shape),
+      np.dtype(spec.dtype),
+      _producer(tensors, entries, np.dtype(spec.dtype)),
+      stacked=path[0] == "blocks",
+    )
+    node = params
+    for name in path[:-1]:
+      node = node.setdefault(name, {})
+    node[path[-1]] = arr
+    kinds = collections.Counter(tensors[k].dtype for _, (k, _) in entries)
+    source_dtypes["/".join(path)] = ST_DTYPES[kinds.most_common(1)[0][0]].name
+  meta = orbax_io.model_meta(cfg, {"format": fmt, "path": str(src)}, source_dtypes)
+  sizes = {k: t.end - t.begin for k, t in tensors.items()}
+  big_src = max(sizes, key=sizes.get)
+  leaves = {
+    "/".join(p): int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for p, s in targets.items()
+  }
+  big_tgt = max(leaves, key=leaves.get)
+  return ImportPlan(
+    cfg, params, meta, sum(leaves.values()), (big_src, sizes[big_src]), (big_tgt, leaves[big_tgt])
+  )
+
+
+def _producer(tensors, entries, dtype):
+  def pieces():
+    for layer, (key, transform) in entries:
+      value = read_tensor(tensors[key])
+      out = transform(value)
+      del value
+      out = out.astype(dtype, copy=False)
+      yield layer, out
+      del out
+
+  return pieces
+
+
+def import_checkpoint(
+  src: str,
+  dst: str,
+  fmt: str = "diffusers",
+  dtype: str | None = None,
+  config: WanConfig | None = None,
+  overwrite: bool = False,
+  progress: bool = True,
+) -> ImportPlan:
+  """Converts ``src`` (diffusers or ``wan`` layout) into a model checkpoint at ``dst``."""
+  plan = plan_import(src, fmt, dtype, config)
+  with tqdm(
+    total=plan.total_bytes,
+    unit="B",
+    unit_scale=True,
+    unit_divisor=1024,
+    desc=f"import {fmt}",
+    disable=not progress,
+  ) as bar:
+    orbax_io.save_model_checkpoint(
+      dst, plan.params, plan.meta, overwrite=overwrite, on_bytes=bar.update
+    )
+  return plan

@@ -1,0 +1,30 @@
+"""Training data: the example schema, ArrayRecord shards + the grain pipeline, toy clips.
+
+``pose_jax.data.toy`` (toy clips from scikit-image photos and the toy pixel codec) is imported
+on its own: it needs scikit-image and the encoders.
+"""
+
+from pose_jax.data.example import ExampleError, decode_example, encode_example, validate
+from pose_jax.data.records import (
+  ShardWriter,
+  SyntheticSource,
+  make_dataset,
+  make_iterator,
+  open_source,
+  read_meta,
+  write_dataset,
+)
+
+__all__ = [
+  "ExampleError",
+  "ShardWriter",
+  "SyntheticSource",
+  "decode_example",
+  "encode_example",
+  "make_dataset",
+  "make_iterator",
+  "open_source",
+  "read_meta",
+  "validate",
+  "write_dataset",
+]

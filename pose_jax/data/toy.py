@@ -1,0 +1,319 @@
+"""Toy I2V data from real photos: scikit-image's bundled pictures under named camera moves.
+
+Legend: B batch, T video frames (1 + 4k), H/W frame height/width, N latent frames (1 + k),
+h/w latent height/width (H/2, W/2), Z = 3 latent channels.
+
+Each clip is a square window sliding over (pan), shrinking or growing on (zoom) or resting on
+(static) one photo of ``skimage.data`` (shipped in the package, no downloads); its caption
+names both, e.g. "a photo of a cat, the camera pans left". "Pans left" means the view moves
+left over the photo, so the content slides RIGHT in the frame (pan up: content slides down).
+Pans move a whole even number of pixels per frame (exact shifts, aligned with the codec's 2x2
+pooling); zooms change the window side geometrically by ``ZOOM`` over the clip. Some photos are
+held out: the ``eval`` split has only those, ``train`` never sees them.
+
+Conditioning, as the real pipeline's but tiny and random (fixed seeds, no downloads):
+image tokens = CLIP vision ``tiny`` preset on the first frame; text tokens = UMT5 ``tiny`` over
+a WordLevel tokenizer of the caption words, ``TEXT_LENGTH`` tokens, rows past the prompt zero;
+``neg_text`` = the empty prompt. Latents use :class:`ToyCodec` (a fixed "pixel latent", so
+decoded samples are real videos); the toy DiT has in_channels = 3 + 4 + 3 = 10, out 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pose_jax.data.example import MASK_CHANNELS
+from pose_jax.data.records import write_dataset
+from pose_jax.data.toy_codec import ToyCodec
+
+# skimage.data photo name -> what the caption calls it
+PHOTOS: dict[str, str] = {
+  "astronaut": "an astronaut",
+  "chelsea": "a cat",
+  "coffee": "a cup of coffee",
+  "rocket": "a rocket",
+  "motorcycle": "a motorcycle",
+  "hubble_deep_field": "galaxies in deep space",
+  "immunohistochemistry": "stained tissue",
+  "retina": "a retina",
+  "colorwheel": "a color wheel",
+  "logo": "a logo",
+  "camera": "a cameraman",
+  "coins": "coins",
+  "moon": "the moon",
+  "brick": "a brick wall",
+  "grass": "grass",
+  "gravel": "gravel",
+  "clock": "a clock",
+  "text": "printed text",
+}
+MOVES: dict[str, str] = {
+  "pan_left": "the camera pans left",
+  "pan_right": "the camera pans right",
+  "pan_up": "the camera pans up",
+  "pan_down": "the camera pans down",
+  "zoom_in": "the camera zooms in",
+  "zoom_out": "the camera zooms out",
+  "static": "the camera is still",
+}
+HOLDOUT = ("coffee", "motorcycle", "clock")
+ZOOM = 1.5  # window side ratio between the first and last frame of a zoom
+TEXT_LENGTH = 16
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+
+
+def caption(photo: str, move: str) -> str:
+  return f"a photo of {PHOTOS[photo]}, {MOVES[move]}"
+
+
+def load_photo(name: str) -> np.ndarray:
+  """uint8 ``[H, W, 3]`` RGB (grey photos replicated, RGBA composited on white)."""
+  import skimage.data
+
+  if name not in PHOTOS:
+    raise ValueError(f"unknown photo {name!r}; choose one of {list(PHOTOS)}")
+  if name == "motorcycle":
+    image = skimage.data.stereo_motorcycle()[0]
+  else:
+    image = np.asarray(getattr(skimage.data, name)())
+  if image.dtype == bool:
+    image = image.astype(np.uint8) * 255
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  if image.shape[-1] == 4:
+    alpha = image[..., 3:].astype(np.float32) / 255.0
+    image = np.round(image[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+  return np.ascontiguousarray(image)
+
+
+# --- clips ------------------------------------------------------------------------------------
+_PAN_DIRECTIONS = {"pan_left": (0, -1), "pan_right": (0, 1), "pan_up": (-1, 0), "pan_down": (1, 0)}
+
+
+def pan_speed(size: int) -> int:
+  """Pixels per frame of a pan: even (2 at 32-71 px), so latent shifts are whole pixels."""
+  return 2 * max(1, round(size / 48))
+
+
+def _resize(image: np.ndarray, short_side: int) -> np.ndarray:
+  from PIL import Image
+
+  h, w = image.shape[:2]
+  s = short_side / min(h, w)
+  size = (max(short_side, round(w * s)), max(short_side, round(h * s)))
+  return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+def camera_clip(
+  photo: np.ndarray, move: str, size: int, frames: int, rng: np.random.Generator
+) -> np.ndarray:
+  """uint8 ``[T, size, size, 3]``: ``move`` over ``photo`` at a random scale and place."""
+  from PIL import Image
+
+  if move not in MOVES:
+    raise ValueError(f"unknown move {move!r}; choose one of {list(MOVES)}")
+  travel = pan_speed(size) * (frames - 1)
+  need = int(np.ceil(size * ZOOM)) if move.startswith("zoom") else size + travel
+  image = _resize(photo, int(need * rng.uniform(1.0, 1.5)))
+  h, w = image.shape[:2]
+  if move.startswith("zoom"):  # window sides big -> big / ZOOM (zoom in), centre fixed
+    big = rng.uniform(size * ZOOM, min(h, w))
+    cy, cx = rng.uniform(big / 2, h - big / 2), rng.uniform(big / 2, w - big / 2)
+    sides = big * ZOOM ** -(np.arange(frames) / (frames - 1))
+    sides = sides if move == "zoom_in" else sides[::-1]
+    pil = Image.fromarray(image)
+    boxes = [(cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2) for s in sides]
+    out = [np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=b)) for b in boxes]
+    return np.stack(out)
+  dy, dx = _PAN_DIRECTIONS.get(move, (0, 0))
+  v = pan_speed(size)
+  span_y, span_x = abs(dy) * travel, abs(dx) * travel
+  # Start on an even pixel so that the codec's 2x2 pooling grid moves with the content.
+  y0 = 2 * int(rng.integers(0, (h - size - span_y) // 2 + 1)) + (span_y if dy < 0 else 0)
+  x0 = 2 * int(rng.integers(0, (w - size - span_x) // 2 + 1)) + (span_x if dx < 0 else 0)
+  out = []
+  for t in range(frames):
+    y, x = y0 + dy * v * t, x0 + dx * v * t
+    out.append(image[y : y + size, x : x + size])
+  return np.stack(out)
+
+
+def to_unit(video: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 in [-1, 1]."""
+  return video.astype(np.float32) / 127.5 - 1.0
+
+
+# --- conditioning encoders --------------------------------------------------------------------
+def vocabulary() -> list[str]:
+  """Special tokens, then every word of every possible caption (sorted): fixed by the tables."""
+  from tokenizers import pre_tokenizers
+
+  split = pre_tokenizers.Whitespace().pre_tokenize_str
+  words = {w for p in PHOTOS for m in MOVES for w, _ in split(caption(p, m))}
+  return [*SPECIAL_TOKENS, *sorted(words)]
+
+
+def make_tokenizer():
+  """A transformers fast tokenizer over :func:`vocabulary` (WordLevel, eos appended)."""
+  import transformers
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+  vocab = {w: i for i, w in enumerate(vocabulary())}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+  return transformers.PreTrainedTokenizerFast(
+    tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+  )
+
+
+@dataclasses.dataclass
+class ToyEncoders:
+  """Tiny random CLIP vision + UMT5 (fixed seed) and the caption-word tokenizer."""
+
+  image_encoder: Any
+  text_encoder: Any
+  tokenizer: Any
+  text_length: int = TEXT_LENGTH
+
+  @classmethod
+  def create(cls, seed: int = 0, text_length: int = TEXT_LENGTH) -> ToyEncoders:
+    from pose_jax.models.encoders import CLIPVisionEncoder, UMT5Encoder, clip_vision, umt5
+
+    tokenizer = make_tokenizer()
+    text_cfg = umt5.preset("tiny", vocab_size=max(100, len(tokenizer)))
+    return cls(
+      image_encoder=CLIPVisionEncoder(clip_vision.preset("tiny"), rngs=nnx.Rngs(seed)),
+      text_encoder=UMT5Encoder(text_cfg, rngs=nnx.Rngs(seed + 1)),
+      tokenizer=tokenizer,
+      text_length=text_length,
+    )
+
+  def encode_text(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(text [B, S, Dt] float32, text_mask [B, S] int32)``."""
+    from pose_jax.models.encoders.tokenizer import encode_prompts, tokenize
+
+    _, mask = tokenize(self.tokenizer, list(prompts), self.text_length)
+    text = encode_prompts(self.text_encoder, self.tokenizer, list(prompts), self.text_length)
+    return np.asarray(text), mask
+
+  def encode_image(self, images: np.ndarray) -> np.ndarray:
+    """uint8 ``[B, H, W, 3]`` -> image tokens ``[B, M, Di]`` (CLIP penultimate layer)."""
+    from pose_jax.models.encoders import preprocess
+
+    side = self.image_encoder.cfg.image_size
+    pixels = preprocess(list(images), shortest_edge=side, crop_size=(side, side))
+    return np.asarray(_penultimate(self.image_encoder, jnp.asarray(pixels)))
+
+
+@nnx.jit
+def _penultimate(encoder, pixels):
+  return encoder.penultimate(pixels)
+
+
+# --- the dataset ------------------------------------------------------------------------------
+def make_clips(
+  photos: Sequence[str], size: int, frames: int, clips_per_move: int, seed: int
+) -> list[tuple[str, str, np.ndarray]]:
+  """``[(key, caption, uint8 video [T, size, size, 3])]`` for every photo x move x clip."""
+  out = []
+  for photo in photos:
+    image = load_photo(photo)
+    for mi, move in enumerate(MOVES):
+      for c in range(clips_per_move):
+        rng = np.random.default_rng([seed, list(PHOTOS).index(photo), mi, c])
+        clip = camera_clip(image, move, size, frames, rng)
+        out.append((f"{photo}/{move}/{c}", caption(photo, move), clip))
+  return out
+
+
+def build_dataset(
+  out_dir: str,
+  size: int = 48,
+  frames: int = 9,
+  holdout: Sequence[str] = HOLDOUT,
+  clips_per_move: int = 4,
+  seed: int = 0,
+  shard_size: int = 128,
+  eval_clips_per_move: int = 1,
+) -> dict[str, dict[str, Any]]:
+  """Writes ``out_dir/train`` and ``out_dir/eval`` (shards + meta + neg_text); returns the
+  metas. ``eval`` holds the ``holdout`` photos (not written if there are none), ``train`` the
+  rest; each photo gets every move, ``clips_per_move`` (eval: ``eval_clips_per_move``) times."""
+  unknown = set(holdout) - set(PHOTOS)
+  if unknown:
+    raise ValueError(f"unknown holdout photo(s) {sorted(unknown)}; choose from {list(PHOTOS)}")
+  if size % 16 or frames < 5 or (frames - 1) % 4:
+    raise ValueError(f"size={size} must be a multiple of 16 and frames={frames} 1 + 4k (k >= 1)")
+  codec, enc = ToyCodec(), ToyEncoders.create(seed)
+  neg_text = enc.encode_text([""])[0][0]
+  splits = {
+    "train": ([p for p in PHOTOS if p not in holdout], clips_per_move),
+    "eval": (list(holdout), eval_clips_per_move),
+  }
+  metas = {}
+  for split, (photos, per_move) in splits.items():
+    if not photos or per_move < 1:
+      continue
+    clips = make_clips(photos, size, frames, per_move, seed)
+    videos = to_unit(np.stack([c[2] for c in clips]))
+    captions = [c[1] for c in clips]
+    latents, cond = codec.encode(videos), codec.condition(videos[:, 0], frames)
+    text, mask = enc.encode_text(captions)
+    image = enc.encode_image(np.stack([c[2][0] for c in clips]))
+    examples = (
+      {"latents": latents[i], "cond": cond[i], "image": image[i], "text": text[i],
+       "text_mask": mask[i], "caption": captions[i], "key": clips[i][0]}
+      for i in range(len(clips))
+    )  # fmt: skip
+    metas[split] = write_dataset(
+      os.path.join(out_dir, split), examples, shard_size, neg_text=neg_text,
+      codec="toy", size=size, frames=frames, photos=photos, moves=list(MOVES), seed=seed,
+      text_length=enc.text_length, in_channels=3 + MASK_CHANNELS + 3, out_channels=3,
+      image_dim=int(image.shape[-1]), text_dim=int(text.shape[-1]),
+    )  # fmt: skip
+  return metas
+
+
+__all__ = [
+  "HOLDOUT",
+  "MOVES",
+  "PHOTOS",
+  "ToyCodec",
+  "ToyEncoders",
+  "build_dataset",
+  "camera_clip",
+  "caption",
+  "load_photo",
+  "make_clips",
+  "pan_speed",
+  "to_unit",
+]
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  _OUT = flags.DEFINE_string("out", None, "Output directory (train/ and eval/ are made in it).")
+  _SIZE = flags.DEFINE_integer("size", 48, "Frame side in pixels (multiple of 16).")
+  _FRAMES = flags.DEFINE_integer("frames", 9, "Frames per clip (1 + 4k).")
+  _HOLDOUT = flags.DEFINE_list("holdout", list(HOLDOUT), "Photos kept for the eval split.")
+  _CLIPS = flags.DEFINE_integer("clips_per_move", 4, "Training clips per photo and move.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the crops and of the random encoders.")
+
+  def _main(argv: Sequence[str]) -> None:
+    del argv
+    metas = build_dataset(
+      _OUT.value, _SIZE.value, _FRAMES.value, _HOLDOUT.value, _CLIPS.value, _SEED.value
+    )
+    print({split: meta["num_examples"] for split, meta in metas.items()})
+
+  flags.mark_flags_as_required(["out"])
+  app.run(_main)

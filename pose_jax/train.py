@@ -1,0 +1,263 @@
+"""The POSE training recipe: mesh -> data -> models -> restore -> per-phase step -> loop.
+
+A run walks ``config.pose.phases`` in order, each for its number of steps, switching phases
+itself (fresh optimizer state per phase; the teacher becomes the pretrained student after a
+``pretrain`` phase). Re-running the same command resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+from jax.sharding import NamedSharding
+
+from pose_jax import checkpoint as ckpt_lib
+from pose_jax import config as config_lib
+from pose_jax import optim, steps
+from pose_jax import sharding as shd
+from pose_jax.pose import models as pose_models
+from pose_jax.pose.knobs import PoseKnobs
+
+BATCH_KEYS = ("latents", "cond", "text", "neg_text", "image")
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: steps.TrainState
+  teacher: object
+  models: steps.Models
+
+
+class NonFiniteError(FloatingPointError):
+  """Too many consecutive non-finite steps; the last good checkpoint is left intact."""
+
+
+def phase_plan(knobs: PoseKnobs) -> list[tuple[str, int, int]]:
+  """``[(phase, first_step, last_step_exclusive)]`` on the global step counter."""
+  plan, start = [], 0
+  for phase, n in zip(knobs.phases, knobs.steps):
+    plan.append((phase, start, start + n))
+    start += n
+  return plan
+
+
+def _global_batch(local: dict, mesh) -> dict:
+  sharding = NamedSharding(mesh, shd.logical_to_spec((shd.ACT_BATCH,)))
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k]))
+    for k in BATCH_KEYS
+    if local.get(k) is not None
+  }
+
+
+def _replicate_single_device(tree, mesh):
+  """Leaves still on one device (scalars, RNG keys) -> replicated over the mesh."""
+  replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(
+    lambda x: (
+      jax.device_put(x, replicated)
+      if isinstance(getattr(x, "sharding", None), jax.sharding.SingleDeviceSharding)
+      else x
+    ),
+    tree,
+  )
+
+
+def _log_compiled(phase: str, compiled) -> dict:
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, list) else cost
+  info = {
+    "phase": phase,
+    "flops_per_step_xla": float(cost.get("flops", -1.0)),  # scanned layers counted once by XLA
+    "argument_bytes": getattr(mem, "argument_size_in_bytes", None),
+    "output_bytes": getattr(mem, "output_size_in_bytes", None),
+    "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+  }
+  print(
+    f"[{phase}] compiled step: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "phase")
+  )
+  return info
+
+
+class MetricWriter:
+  """JSON lines in ``<workdir>/metrics.jsonl`` (process 0)."""
+
+  def __init__(self, workdir: str):
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self.enabled = jax.process_index() == 0
+
+  def write(self, step: int, metrics: dict) -> None:
+    if self.enabled:
+      with self.path.open("a") as f:
+        f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, data_iterator) -> RunResult:
+  """Trains per ``config``; ``data_iterator`` yields per-process batch dicts (numpy) and is
+  checkpointable (grain ``DatasetIterator``)."""
+  # --- mesh ------------------------------------------------------------------------------------
+  knobs = PoseKnobs.from_config(config.pose)
+  cfg = config_lib.wan_config(config.model)
+  mesh = shd.make_mesh(config.mesh.shape)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  plan = phase_plan(knobs)
+  total = plan[-1][2]
+
+  # --- models ----------------------------------------------------------------------------------
+  models, teacher, lora, head = pose_models.build(cfg, knobs, seed=config.seed, mesh=mesh)
+  teacher_trained_here = "pretrain" in knobs.phases
+  if config.ckpt.init_from:
+    from pose_jax.convert.orbax_io import restore_params  # the converted teacher
+
+    _, teacher = restore_params(config.ckpt.init_from, mesh=mesh, like=teacher)
+  elif not teacher_trained_here:
+    raise FileNotFoundError(
+      "config.ckpt.init_from is empty and no 'pretrain' phase is configured: give a converted "
+      "teacher checkpoint (python -m pose_jax.convert import ...) or add the pretrain phase"
+    )
+
+  def fresh_state(phase, teacher):
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (states are donated)
+    params = {"student": copy(teacher), "lora": copy(lora), "head": copy(head)}
+    return steps.TrainState(
+      step=jnp.int32(0),
+      params=params,
+      ema=copy(teacher),
+      opt_state=init_opt(phase, params),
+      rng=jax.random.key(config.seed),
+      bad_steps=jnp.int32(0),
+      skipped=jnp.int32(0),
+    )
+
+  def init_opt(phase, params):
+    with shd.use_mesh(mesh):
+      return jax.jit(optim.make_optimizer(config.optim, phase, total).init)(params)
+
+  # --- restore ---------------------------------------------------------------------------------
+  mngr = ckpt_lib.manager(workdir, config.ckpt.every, config.ckpt.keep, config.ckpt.async_save)
+  meta = {"phase_index": 0}
+  state = fresh_state(plan[0][0], teacher)
+  latest = mngr.latest_step()
+  if latest is not None:
+    meta = mngr.restore(
+      latest, args=ckpt_lib.ocp.args.Composite(meta=ckpt_lib.ocp.args.JsonRestore())
+    )["meta"]
+    phase_at = plan[meta["phase_index"]][0]
+    state = fresh_state(phase_at, teacher)
+    state, meta, restored_teacher = ckpt_lib.restore(
+      mngr,
+      latest,
+      ckpt_lib.abstract(state),
+      data_iterator,
+      ckpt_lib.abstract(teacher) if meta.get("has_teacher") else None,
+    )
+    state = _replicate_single_device(state, mesh)  # orbax restores scalars onto one device
+    teacher = restored_teacher if restored_teacher is not None else teacher
+    print(f"resumed from step {latest} (phase {phase_at})")
+
+  # --- loop over phases ------------------------------------------------------------------------
+  writer = MetricWriter(workdir)
+  for index in range(meta["phase_index"], len(plan)):
+    phase, start, stop = plan[index]
+    if int(state.step) >= stop:
+      continue
+    if index != meta["phase_index"]:  # entering a new phase: fresh optimizer state
+      if plan[index - 1][0] == "pretrain":  # the pretrained student becomes the teacher
+        teacher = jax.tree.map(jnp.copy, state.params["student"])
+      state = _replicate_single_device(
+        state.replace(opt_state=init_opt(phase, state.params), bad_steps=jnp.int32(0)), mesh
+      )
+      meta = {"phase_index": index}
+    tx = optim.make_optimizer(config.optim, phase, total)
+    step_fn = steps.make_step(
+      phase, knobs, models, tx, start, stop - start, config.train.micro_batches
+    )
+    jitted = jax.jit(step_fn, donate_argnums=(0,))
+    with shd.use_mesh(mesh):
+      batch = _global_batch(next(data_iterator), mesh)
+      t0 = time.perf_counter()
+      compiled = jitted.lower(state, teacher, batch).compile()
+      info = _log_compiled(phase, compiled)
+      info["compile_s"] = time.perf_counter() - t0
+      state = _phase_loop(
+        config,
+        phase,
+        stop,
+        compiled,
+        state,
+        teacher,
+        batch,
+        data_iterator,
+        mesh,
+        mngr,
+        writer,
+        {**meta, "has_teacher": teacher_trained_here},
+        teacher if teacher_trained_here else None,
+      )
+    meta = {"phase_index": index}
+  mngr.wait_until_finished()
+  mngr.close()
+  _write_fingerprint(workdir, state)
+  return RunResult(state, teacher, models)
+
+
+def _write_fingerprint(workdir: str, state) -> None:
+  """``final.json``: the step and a sha256 over every trainable and EMA parameter's bytes, so
+  two runs (e.g. interrupted + resumed vs uninterrupted) can be compared bit for bit."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves((state.params, state.ema)):
+    digest.update(np.asarray(jax.device_get(leaf)).tobytes())
+  if jax.process_index() == 0:
+    info = {"step": int(state.step), "params_sha256": digest.hexdigest()}
+    (epath.Path(workdir) / "final.json").write_text(json.dumps(info))
+
+
+def _phase_loop(
+  config,
+  phase,
+  stop,
+  compiled,
+  state,
+  teacher,
+  batch,
+  data_iterator,
+  mesh,
+  mngr,
+  writer,
+  meta,
+  teacher_to_save,
+):
+  t_last, s_last = time.perf_counter(), int(state.step)
+  while int(state.step) < stop:
+    state, metrics = compiled(state, teacher, batch)
+    step = int(state.step)
+    if step % config.train.log_every == 0 or step == stop:
+      metrics = jax.device_get(metrics)
+      writer.write(step, {**metrics, "phase_index": meta["phase_index"]})
+      now = time.perf_counter()
+      rate = (step - s_last) / max(now - t_last, 1e-9)
+      t_last, s_last = now, step
+      eta = (stop - step) / max(rate, 1e-9)
+      shown = " ".join(
+        f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()) if k.startswith("loss")
+      )
+      print(f"[{phase}] step {step}/{stop} {rate:.2f} steps/s eta {eta:.0f}s {shown}", flush=True)
+    if int(state.bad_steps) >= config.train.max_bad_steps:
+      mngr.wait_until_finished()
+      raise NonFiniteError(
+        f"{int(state.bad_steps)} consecutive non-finite steps at step {step} ({phase}); the "
+        f"updates were skipped and the last checkpoint ({mngr.latest_step()}) is intact"
+      )
+    ckpt_lib.save(mngr, step, state, meta, data_iterator, teacher_to_save, force=step == stop)
+    if step < stop:
+      batch = _global_batch(next(data_iterator), mesh)
+  return state

@@ -1,0 +1,230 @@
+"""Data: example schema, ArrayRecord shards, the grain pipeline (shuffle / repeat / sharding /
+checkpointed state) and the toy dataset + codec."""
+
+import os
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from pose_jax.data import (
+  ExampleError,
+  SyntheticSource,
+  decode_example,
+  encode_example,
+  make_iterator,
+  read_meta,
+  toy,
+  write_dataset,
+)
+from pose_jax.data.toy_codec import ToyCodec
+
+SRC = SyntheticSource(
+  num_examples=10, latent_shape=(2, 4, 4, 3), image_shape=(5, 8), text_shape=(6, 8)
+)
+
+
+def keys(batch) -> list[int]:
+  return [int(k.split("/")[1]) for k in batch["key"]]
+
+
+def take(it, n: int) -> list[dict]:
+  return [next(it) for _ in range(n)]
+
+
+def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("shards"))
+  write_dataset(path, (SRC[i] for i in range(len(SRC))), shard_size=4, neg_text=SRC.neg_text)
+  return path
+
+
+# --- examples ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("compress,float_dtype", [(False, "float32"), (True, "float16")])
+def test_example_round_trip(compress, float_dtype):
+  ex = SRC[3]
+  out = decode_example(encode_example(ex, compress=compress, float_dtype=float_dtype))
+  assert out.keys() == ex.keys() and out["caption"] == "synthetic example 3"
+  for k in ("latents", "cond", "image", "text"):
+    assert out[k].dtype == np.float32 and out[k].shape == ex[k].shape
+    np.testing.assert_allclose(out[k], ex[k], rtol=1e-3 if float_dtype == "float16" else 0)
+  assert out["text_mask"].dtype == np.int32
+  np.testing.assert_array_equal(out["text_mask"], ex["text_mask"])
+
+
+def test_bad_examples_are_named():
+  ex = SRC[0]
+  with pytest.raises(ExampleError, match="synthetic/0.*missing field\\(s\\) \\['caption'\\]"):
+    encode_example({k: v for k, v in ex.items() if k != "caption"})
+  with pytest.raises(ExampleError, match="cond \\(2, 4, 4, 6\\) must be latents"):
+    encode_example({**ex, "cond": ex["cond"][..., 1:]})
+  with pytest.raises(ExampleError, match="text_mask must be integer"):
+    encode_example({**ex, "text_mask": ex["text_mask"].astype(np.float32)})
+  with pytest.raises(ExampleError, match="not an np.savez archive"):
+    decode_example(b"garbage")
+
+
+# --- shards and the pipeline ------------------------------------------------------------------
+def test_shards_written_and_read_back(shard_dir):
+  meta = read_meta(shard_dir)
+  assert meta["num_examples"] == 10 and len(meta["shards"]) == 3  # 4 + 4 + 2
+  assert meta["shapes"]["cond"] == [2, 4, 4, 7]
+  src = grain.sources.ArrayRecordDataSource([os.path.join(shard_dir, s) for s in meta["shards"]])
+  assert len(src) == 10
+  for i in (0, 5, 9):
+    got = decode_example(src[i])
+    assert got["key"] == f"synthetic/{i}"
+    np.testing.assert_array_equal(got["latents"], SRC[i]["latents"])
+  np.testing.assert_array_equal(np.load(os.path.join(shard_dir, "neg_text.npy")), SRC.neg_text)
+
+
+def test_pipeline_shuffles_by_seed_repeats_and_batches(shard_dir):
+  kw = dict(process_index=0, process_count=1, with_strings=True, num_threads=1)
+  a = take(make_iterator(shard_dir, 5, seed=1, **kw), 6)
+  b = take(make_iterator(shard_dir, 5, seed=1, **kw), 6)
+  c = take(make_iterator(shard_dir, 5, seed=2, **kw), 2)
+  assert_batches_equal(a, b)
+  order = [k for batch in a for k in keys(batch)]
+  assert order[:10] != keys(c[0]) + keys(c[1])
+  epochs = [order[i : i + 10] for i in (0, 10, 20)]
+  assert all(sorted(e) == list(range(10)) for e in epochs)  # every epoch is a permutation
+  assert epochs[0] != epochs[1] and epochs[0] != list(range(10))  # reshuffled each epoch
+  batch = a[0]
+  assert batch["latents"].shape == (5, 2, 4, 4, 3) and batch["text_mask"].shape == (5, 6)
+  np.testing.assert_array_equal(batch["neg_text"], np.broadcast_to(SRC.neg_text, (5, 6, 8)))
+  plain = list(make_iterator(SRC, 4, shuffle=False, repeat=False, **kw))
+  assert [keys(x) for x in plain] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # remainder dropped
+  no_strings = next(make_iterator(SRC, 2, process_index=0, process_count=1))
+  assert set(no_strings) == {"latents", "cond", "image", "text", "text_mask", "neg_text"}
+
+
+def test_sharding_by_process():
+  src = SyntheticSource(
+    num_examples=11, latent_shape=(1, 2, 2, 3), image_shape=(2, 4), text_shape=(3, 4)
+  )
+  seen = []
+  for p in range(2):
+    it = make_iterator(
+      src, 5, seed=0, repeat=False, process_index=p, process_count=2, with_strings=True
+    )
+    seen.append([k for batch in it for k in keys(batch)])
+  assert [len(s) for s in seen] == [5, 5]  # 11 // 2 each: equal step counts
+  assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(10))
+  with pytest.raises(ValueError, match="fewer than batch_size=6"):
+    make_iterator(src, 6, process_index=0, process_count=2)
+
+
+def test_iterator_state_round_trip(shard_dir):
+  kw = dict(seed=3, process_index=0, process_count=1, with_strings=True)
+  it = make_iterator(shard_dir, 3, **kw)
+  take(it, 4)  # crosses an epoch boundary (10 examples, 3 per batch)
+  state = it.get_state()
+  expected = take(it, 3)
+  fresh = make_iterator(shard_dir, 3, **kw)
+  fresh.set_state(state)
+  assert_batches_equal(take(fresh, 3), expected)
+
+
+def test_iterator_state_through_orbax(shard_dir, tmp_path):
+  kw = dict(seed=4, process_index=0, process_count=1, with_strings=True)
+  it = make_iterator(shard_dir, 2, **kw)
+  take(it, 3)
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+  with ocp.CheckpointManager(tmp_path / "ckpt", options=options) as mngr:
+    mngr.save(7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    mngr.wait_until_finished()
+    expected = take(it, 2)
+    fresh = make_iterator(shard_dir, 2, **kw)
+    mngr.restore(7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+  assert_batches_equal(take(fresh, 2), expected)
+
+
+# --- toy codec ----------------------------------------------------------------------------------
+def test_toy_codec_round_trip():
+  codec = ToyCodec()
+  t, y, x = np.meshgrid(np.arange(9), np.arange(16), np.arange(20), indexing="ij")
+  smooth = np.stack([np.sin(0.1 * x + 0.05 * t), np.cos(0.08 * y - 0.03 * t), 0.01 * (x + y)], -1)
+  smooth = smooth[None].astype(np.float32)
+  latents = codec.encode(smooth)
+  assert latents.shape == (1, 3, 8, 10, 3)
+  assert np.abs(codec.decode(latents) - smooth).max() < 0.1
+  blocky = np.repeat(
+    np.repeat(np.random.default_rng(0).uniform(-1, 1, (2, 9, 8, 10, 3)), 2, 2), 2, 3
+  )
+  back = codec.decode(codec.encode(blocky.astype(np.float32)))
+  np.testing.assert_allclose(back[:, ::4], blocky[:, ::4], atol=1e-6)  # key frames exact
+  cond = codec.condition(smooth[:, 0], 9)
+  assert cond.shape == (1, 3, 8, 10, 7)
+  assert np.all(cond[:, 0, ..., :4] == 1) and np.all(cond[:, 1:, ..., :4] == 0)
+  np.testing.assert_array_equal(cond[:, 0, ..., 4:], latents[:, 0])
+  assert np.all(cond[:, 1:, ..., 4:] == 0)
+  with pytest.raises(ValueError, match="T = 1 \\+ 4k"):
+    codec.encode(smooth[:, :8])
+
+
+# --- toy dataset --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("toy"))
+  metas = toy.build_dataset(path, size=32, frames=9, holdout=("coffee", "clock"), clips_per_move=1)
+  return path, metas
+
+
+def toy_examples(path: str) -> dict[str, dict]:
+  src = grain.sources.ArrayRecordDataSource(
+    [os.path.join(path, s) for s in read_meta(path)["shards"]]
+  )
+  return {ex["key"]: ex for ex in (decode_example(src[i]) for i in range(len(src)))}
+
+
+def test_toy_dataset_splits_and_captions(toy_dir):
+  path, metas = toy_dir
+  train, held = toy_examples(os.path.join(path, "train")), toy_examples(os.path.join(path, "eval"))
+  n_moves = len(toy.MOVES)
+  assert len(train) == (len(toy.PHOTOS) - 2) * n_moves and len(held) == 2 * n_moves
+  assert {k.split("/")[0] for k in held} == {"coffee", "clock"}
+  assert not {k.split("/")[0] for k in train} & {"coffee", "clock"}
+  for key, ex in {**train, **held}.items():
+    photo, move, _ = key.split("/")
+    assert ex["caption"] == f"a photo of {toy.PHOTOS[photo]}, {toy.MOVES[move]}"
+  assert metas["train"]["in_channels"] == 10 and metas["train"]["shapes"]["latents"] == [
+    3,
+    16,
+    16,
+    3,
+  ]
+  # Conditions differ per caption and per photo (random encoders still separate them).
+  a, b, c = train["astronaut/pan_left/0"], train["astronaut/zoom_in/0"], train["rocket/pan_left/0"]
+  assert np.abs(a["text"] - b["text"]).max() > 1e-3 and np.abs(a["image"] - c["image"]).max() > 1e-3
+  np.testing.assert_array_equal(a["cond"][0, ..., 4:], a["latents"][0])
+
+
+def test_toy_motion_is_real(toy_dir):
+  train = toy_examples(os.path.join(toy_dir[0], "train"))
+  shift = 8 * toy.pan_speed(32) // 2  # video frame 8 = latent frame 2, 2x pooled
+  lat = lambda move: train[f"astronaut/{move}/0"]["latents"]
+  first, last = lat("pan_left")[0], lat("pan_left")[2]
+  np.testing.assert_array_equal(last[:, shift:], first[:, :-shift])  # content slides right
+  first, last = lat("pan_up")[0], lat("pan_up")[2]
+  np.testing.assert_array_equal(last[shift:], first[:-shift])  # content slides down
+  assert np.abs(lat("pan_left")[2] - lat("pan_left")[0]).mean() > 0.05
+  assert np.array_equal(lat("static")[0], lat("static")[2])
+  assert np.abs(lat("zoom_in")[2] - lat("zoom_in")[0]).mean() > 0.05
+
+
+def test_toy_pipeline_batches(toy_dir):
+  path = os.path.join(toy_dir[0], "train")
+  batch = next(make_iterator(path, 4, process_index=0, process_count=1))
+  assert batch["latents"].shape == (4, 3, 16, 16, 3) and batch["cond"].shape == (4, 3, 16, 16, 7)
+  assert batch["text"].shape == batch["neg_text"].shape == (4, toy.TEXT_LENGTH, 32)
+  assert batch["image"].shape == (4, 17, 32)
+  assert batch["neg_text"][0, 1:].max() == 0 and np.abs(batch["neg_text"][0, 0]).max() > 0
