@@ -89,4 +89,7 @@ def get_config(arg=None):
   c.data.size = 48
   c.data.eval_path = ""
 
+  c.eval = ml_collections.ConfigDict()
+  c.eval.teacher_steps = 20  # Euler steps (with CFG) of the teacher baseline in the final report
+
   return c

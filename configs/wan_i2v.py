@@ -87,4 +87,7 @@ def get_config(arg=None):
   c.data.height = height
   c.data.width = width
   c.data.size = 0  # toy data only
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.teacher_steps = 50
   return c

@@ -70,7 +70,7 @@ def main(argv) -> None:
       result.state,
       result.teacher,
       eval_batch,
-      teacher_steps=20,
+      teacher_steps=config.eval.teacher_steps,
       shift=config.pose.flow_shift,
       cfg=config.pose.cfg_real,
     )

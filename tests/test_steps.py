@@ -202,6 +202,9 @@ def test_sharded_step_equals_unsharded(setup):
     out_state, metrics = jax.jit(step)(sharded, put(teacher), b)
   q = out_state.params["student"]["blocks"]["attn1"]["to_q"]["kernel"][...]
   assert q.addressable_shards[0].data.shape == (2, 32 // 4, 32)  # stays FSDP-sharded
-  np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+  for key in ("loss", "grad_norm/student", "grad_norm/lora"):
+    np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5)
+  # Adam divides by sqrt(v): where a gradient is ~0, float reordering across shards can move
+  # that coordinate by a visible fraction of one lr-sized step, so compare at 5% of lr.
   for a, r in zip(jax.tree.leaves(out_state.params), jax.tree.leaves(ref_state.params)):
-    np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, r, rtol=0, atol=5e-5)

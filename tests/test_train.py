@@ -20,7 +20,7 @@ from tests.test_main import ROOT, _load
 SMALL = [
   "--config=configs/toy_i2v.py", "--config.model.num_layers=2", "--config.data.size=32",
   "--config.pose.steps=(4,2,2)", "--config.ckpt.every=2", "--config.ckpt.keep=10",
-  "--config.train.log_every=1", "--config.train.batch_size=4",
+  "--config.train.log_every=1", "--config.train.batch_size=4", "--config.eval.teacher_steps=2",
 ]  # fmt: skip
 
 
