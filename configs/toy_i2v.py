@@ -10,6 +10,8 @@ the adversarial equilibrium; the result samples in one step.
 
 import ml_collections
 
+from pose_jax.pose.knobs import PoseKnobs
+
 
 def get_config(arg=None):
   del arg
@@ -28,30 +30,15 @@ def get_config(arg=None):
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1, 1)  # (data, fsdp, context, tensor); -1 takes the remaining devices
 
-  c.pose = ml_collections.ConfigDict()
-  c.pose.phases = ("pretrain", "priming", "equilibrium")
-  c.pose.steps = (300, 60, 120)
-  c.pose.flow_shift = 3.0
-  c.pose.s_lo = 0.9
-  c.pose.s_lo_end = None
-  c.pose.cfg_real = 3.0
-  c.pose.fake_updates_per_step = 1
-  c.pose.lora_rank = 4
-  c.pose.lora_alpha = None
-  c.pose.d_backbone = "ema"
-  c.pose.d_layers = ()
-  c.pose.d_num_queries = 4
-  c.pose.d_width = 32
-  c.pose.d_heads = 2
-  c.pose.d_noise = "uniform"
-  c.pose.ema_decay = 0.995
-  c.pose.lam_r1 = 1.0
-  c.pose.sigma_s = 0.01
-  c.pose.sigma_t = 0.1
-  c.pose.conditional = True
-  c.pose.lam_cons = 10.0
-  c.pose.cons_cfg = 1.0
-  c.pose.joint_gan_weight = 1.0
+  c.pose = PoseKnobs.config_section(
+    phases=("pretrain", "priming", "equilibrium"),
+    steps=(300, 60, 120),
+    cfg_real=3.0,
+    lora_rank=4,
+    d_num_queries=4,
+    d_width=32,
+    d_heads=2,
+  )
 
   c.optim = ml_collections.ConfigDict()
   group = dict(

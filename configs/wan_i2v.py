@@ -10,6 +10,8 @@ ahead-of-time compile table (TPU issue) picks them.
 
 import ml_collections
 
+from pose_jax.pose.knobs import PoseKnobs
+
 # height, width, flow shift (Wan: 3.0 at 480p, 5.0 at 720p)
 SIZES = {"480p": (480, 832, 3.0), "720p": (720, 1280, 5.0)}
 
@@ -34,30 +36,8 @@ def get_config(arg=None):
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (1, -1, 1, 1)  # FSDP over the whole slice
 
-  c.pose = ml_collections.ConfigDict()
-  c.pose.phases = ("priming", "equilibrium")
-  c.pose.steps = (500, 1000)
-  c.pose.flow_shift = shift
-  c.pose.s_lo = 0.9
-  c.pose.s_lo_end = None
-  c.pose.cfg_real = 5.0
-  c.pose.fake_updates_per_step = 1
-  c.pose.lora_rank = 64
-  c.pose.lora_alpha = None
-  c.pose.d_backbone = "ema"
-  c.pose.d_layers = ()
-  c.pose.d_num_queries = 8
-  c.pose.d_width = 1024
-  c.pose.d_heads = 8
-  c.pose.d_noise = "uniform"
-  c.pose.ema_decay = 0.995
-  c.pose.lam_r1 = 1.0
-  c.pose.sigma_s = 0.01
-  c.pose.sigma_t = 0.1
-  c.pose.conditional = True
-  c.pose.lam_cons = 10.0
-  c.pose.cons_cfg = 1.0
-  c.pose.joint_gan_weight = 1.0
+  c.pose = PoseKnobs.config_section(phases=("priming", "equilibrium"), steps=(500, 1000),
+                                    flow_shift=shift)  # fmt: skip
 
   c.optim = ml_collections.ConfigDict()
   group = dict(lr=1e-6, warmup_steps=50, decay="constant", final_frac=0.0, clip=1.0, b1=0.9,

@@ -38,7 +38,8 @@ def report(
   cfg: float,
   seed: int = 0,
 ) -> dict:
-  """``{'data' | 'teacher_<n>_steps' | 'student_1_step': metrics}`` on one eval batch."""
+  """``{'data' | 'teacher_<n>_steps' | 'teacher_1_step' | 'student_1_step': metrics}`` on one
+  eval batch (the teacher at one step is what the student started from)."""
   codec = ToyCodec()
   noise = jax.random.normal(jax.random.key(seed), batch["latents"].shape, jnp.float32)
   common = (noise, batch["cond"], batch["text"], batch["image"])
@@ -47,9 +48,12 @@ def report(
       models.dit, p, *common, steps=teacher_steps, shift=shift, cfg=cfg, neg_text=batch["neg_text"]
     )
   )(teacher)
-  x_student = jax.jit(lambda p: sampling.student(models.dit, p, *common))(state.params["student"])
+  one_step = jax.jit(lambda p: sampling.student(models.dit, p, *common))
+  x_student, x_teacher_1 = one_step(state.params["student"]), one_step(teacher)
   real = np.asarray(codec.decode(np.asarray(batch["latents"])))
   out = {"data": _metrics(real, real)}
-  for name, x in ((f"teacher_{teacher_steps}_steps", x_teacher), ("student_1_step", x_student)):
+  runs = ((f"teacher_{teacher_steps}_steps", x_teacher), ("teacher_1_step", x_teacher_1),
+          ("student_1_step", x_student))  # fmt: skip
+  for name, x in runs:
     out[name] = _metrics(np.clip(np.asarray(codec.decode(np.asarray(x))), -1, 1), real)
   return out

@@ -186,23 +186,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_iterator) -> RunRe
       batch = _global_batch(next(data_iterator), mesh)
       t0 = time.perf_counter()
       compiled = jitted.lower(state, teacher, batch).compile()
-      info = _log_compiled(phase, compiled)
-      info["compile_s"] = time.perf_counter() - t0
-      state = _phase_loop(
-        config,
-        phase,
-        stop,
-        compiled,
-        state,
-        teacher,
-        batch,
-        data_iterator,
-        mesh,
-        mngr,
-        writer,
-        {**meta, "has_teacher": teacher_trained_here},
-        teacher if teacher_trained_here else None,
-      )
+      _log_compiled(phase, compiled)
+      print(f"[{phase}] compile {time.perf_counter() - t0:.1f}s")
+      loop = _Loop(config, mesh, mngr, writer, data_iterator)
+      saved_teacher = teacher if teacher_trained_here else None
+      meta_out = {**meta, "has_teacher": teacher_trained_here}
+      state = loop.run_phase(phase, stop, compiled, state, teacher, batch, meta_out, saved_teacher)
     meta = {"phase_index": index}
   mngr.wait_until_finished()
   mngr.close()
@@ -221,43 +210,42 @@ def _write_fingerprint(workdir: str, state) -> None:
     (epath.Path(workdir) / "final.json").write_text(json.dumps(info))
 
 
-def _phase_loop(
-  config,
-  phase,
-  stop,
-  compiled,
-  state,
-  teacher,
-  batch,
-  data_iterator,
-  mesh,
-  mngr,
-  writer,
-  meta,
-  teacher_to_save,
-):
-  t_last, s_last = time.perf_counter(), int(state.step)
-  while int(state.step) < stop:
-    state, metrics = compiled(state, teacher, batch)
-    step = int(state.step)
-    if step % config.train.log_every == 0 or step == stop:
-      metrics = jax.device_get(metrics)
-      writer.write(step, {**metrics, "phase_index": meta["phase_index"]})
-      now = time.perf_counter()
-      rate = (step - s_last) / max(now - t_last, 1e-9)
-      t_last, s_last = now, step
-      eta = (stop - step) / max(rate, 1e-9)
-      shown = " ".join(
-        f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()) if k.startswith("loss")
-      )
-      print(f"[{phase}] step {step}/{stop} {rate:.2f} steps/s eta {eta:.0f}s {shown}", flush=True)
-    if int(state.bad_steps) >= config.train.max_bad_steps:
-      mngr.wait_until_finished()
-      raise NonFiniteError(
-        f"{int(state.bad_steps)} consecutive non-finite steps at step {step} ({phase}); the "
-        f"updates were skipped and the last checkpoint ({mngr.latest_step()}) is intact"
-      )
-    ckpt_lib.save(mngr, step, state, meta, data_iterator, teacher_to_save, force=step == stop)
-    if step < stop:
-      batch = _global_batch(next(data_iterator), mesh)
-  return state
+@dataclasses.dataclass
+class _Loop:
+  """What every phase's loop shares: config, mesh, checkpoints, metrics and the data."""
+
+  config: ml_collections.ConfigDict
+  mesh: object
+  mngr: object
+  writer: MetricWriter
+  data: object
+
+  def run_phase(self, phase, stop, compiled, state, teacher, batch, meta, teacher_to_save):
+    config, mngr, writer, data_iterator, mesh = (
+      self.config, self.mngr, self.writer, self.data, self.mesh
+    )  # fmt: skip
+    t_last, s_last = time.perf_counter(), int(state.step)
+    while int(state.step) < stop:
+      state, metrics = compiled(state, teacher, batch)
+      step = int(state.step)
+      if step % config.train.log_every == 0 or step == stop:
+        metrics = jax.device_get(metrics)
+        writer.write(step, {**metrics, "phase_index": meta["phase_index"]})
+        now = time.perf_counter()
+        rate = (step - s_last) / max(now - t_last, 1e-9)
+        t_last, s_last = now, step
+        eta = (stop - step) / max(rate, 1e-9)
+        shown = " ".join(
+          f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()) if k.startswith("loss")
+        )
+        print(f"[{phase}] step {step}/{stop} {rate:.2f} steps/s eta {eta:.0f}s {shown}", flush=True)
+      if int(state.bad_steps) >= config.train.max_bad_steps:
+        mngr.wait_until_finished()
+        raise NonFiniteError(
+          f"{int(state.bad_steps)} consecutive non-finite steps at step {step} ({phase}); the "
+          f"updates were skipped and the last checkpoint ({mngr.latest_step()}) is intact"
+        )
+      ckpt_lib.save(mngr, step, state, meta, data_iterator, teacher_to_save, force=step == stop)
+      if step < stop:
+        batch = _global_batch(next(data_iterator), mesh)
+    return state

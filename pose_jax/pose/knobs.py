@@ -74,6 +74,18 @@ class PoseKnobs:
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in pose.items()}
     return cls(**kw)
 
+  @classmethod
+  def config_section(cls, **overrides):
+    """``config.pose`` for a ``configs/*.py`` file: these defaults plus ``overrides``. Optional
+    fields become typed placeholders so they can still be set from the command line."""
+    from ml_collections import config_dict
+
+    values = {**{f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)}, **overrides}
+    for name in cls.__dataclass_fields__:
+      if values[name] is None:
+        values[name] = config_dict.placeholder(float)
+    return config_dict.ConfigDict(values)
+
   def s_lo_at(self, frac):
     """Generator input lower bound at fraction ``frac`` of Phase I (curriculum)."""
     if self.s_lo_end is None:
