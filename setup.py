@@ -21,11 +21,9 @@ CORE = [
   "ftfy",
 ]
 # torch and friends: reference oracles and export targets (tests, bench/, pose_jax.convert).
+TORCH = ["torch==2.13.0", "diffusers==0.42.1", "accelerate==1.15.0"]
 TEST = [
-  "torch==2.13.0",
-  "diffusers==0.42.1",
-  "accelerate==1.15.0",
-  "ftfy",
+  *TORCH,
   "pytest",
   "pytest-xdist",
   "ruff==0.17.6",
@@ -38,5 +36,5 @@ setup(
   packages=find_packages(include=["pose_jax", "pose_jax.*"]),
   python_requires=">=3.11",
   install_requires=CORE,
-  extras_require={"test": TEST, "torch": TEST[:4]},
+  extras_require={"test": TEST, "torch": TORCH},
 )
