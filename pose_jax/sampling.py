@@ -36,9 +36,13 @@ def student(graphdef, params, noise, cond, text, image, steps: int = 1, key=None
   return x0
 
 
-def euler_times(steps: int, shift: float) -> np.ndarray:
-  """``steps + 1`` times from 1 to 0: ``shift(linspace(1, 1/steps, steps))`` then 0."""
-  return np.append(np.asarray(timesteps.shift(np.linspace(1.0, 1.0 / steps, steps), shift)), 0.0)
+def euler_times(steps: int, shift: float, num_train_timesteps: int = 1000) -> np.ndarray:
+  """``steps + 1`` times from 1 to 0, as diffusers' ``FlowMatchEulerDiscreteScheduler(shift)``
+  ``.set_timesteps(steps).sigmas``: linspace from 1 to the shifted smallest training sigma,
+  shifted again, then a final 0."""
+  sigma_min = float(timesteps.shift(np.float32(1.0 / num_train_timesteps), np.float32(shift)))
+  sigmas = np.linspace(1.0, sigma_min, steps)
+  return np.append(timesteps.shift(sigmas, shift).astype(np.float32), np.float32(0.0))
 
 
 def teacher_euler(
