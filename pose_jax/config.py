@@ -51,6 +51,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _fail("pose", "phase 'joint' and d_backbone='trainable_copy' are not implemented yet")
   if max(knobs.d_layers, default=0) >= cfg.num_layers:
     _fail("pose.d_layers", f"{knobs.d_layers} has a block index >= num_layers={cfg.num_layers}")
+  if "pretrain" not in knobs.phases and not config.ckpt.init_from:
+    _fail(
+      "ckpt.init_from",
+      "empty, and no 'pretrain' phase makes a teacher: give a converted teacher checkpoint "
+      "(python -m pose_jax.convert import ...) or add the pretrain phase",
+    )
   d = config.data
   if d.kind not in DATA_KINDS:
     _fail("data.kind", f"{d.kind!r} not in {DATA_KINDS}")

@@ -119,11 +119,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_iterator) -> RunRe
     from pose_jax.convert.orbax_io import restore_params  # the converted teacher
 
     _, teacher = restore_params(config.ckpt.init_from, mesh=mesh, like=teacher)
-  elif not teacher_trained_here:
-    raise FileNotFoundError(
-      "config.ckpt.init_from is empty and no 'pretrain' phase is configured: give a converted "
-      "teacher checkpoint (python -m pose_jax.convert import ...) or add the pretrain phase"
-    )
 
   def fresh_state(phase, teacher):
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (states are donated)

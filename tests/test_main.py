@@ -53,6 +53,7 @@ def test_main_rejects_misspelt_override_and_bad_values():
     ("pose.d_backbone", "other", "config.pose: d_backbone: 'other' not in"),
     ("pose.d_layers", (7,), "config.pose.d_layers: (7,) has a block index >= num_layers=4"),
     ("data.kind", "webdataset", "config.data.kind: 'webdataset' not in"),
+    ("pose.phases", ("equilibrium",), "config.pose: steps: 3 entries for 1 phases"),
   ],
 )
 def test_validate_names_the_bad_key(key, value, message):
@@ -63,10 +64,20 @@ def test_validate_names_the_bad_key(key, value, message):
     config_lib.validate(config, num_devices=8)
 
 
+def test_distillation_without_a_teacher_is_refused():
+  config = _load("toy_i2v")
+  config.pose.phases, config.pose.steps = ("equilibrium",), (5,)
+  with pytest.raises(config_lib.ConfigError, match="config.ckpt.init_from: empty"):
+    config_lib.validate(config, num_devices=8)
+  config.ckpt.init_from = "/teachers/wan"
+  config_lib.validate(config, num_devices=8)
+
+
 def test_wan_i2v_config_is_valid_and_14b():
   for variant, (h, w, shift) in {"480p": (480, 832, 3.0), "720p": (720, 1280, 5.0)}.items():
     config = _load("wan_i2v", variant)
     config.data.path = "/data/shards"
+    config.ckpt.init_from = "gs://bucket/teacher"
     config_lib.validate(config, num_devices=64)
     assert (config.data.height, config.data.width, config.pose.flow_shift) == (h, w, shift)
     assert config_lib.wan_config(config.model).num_layers == 40
