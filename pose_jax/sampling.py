@@ -15,12 +15,26 @@ from flax import nnx
 from pose_jax.pose import timesteps
 
 
-def velocity(graphdef, params, x, t, cond, text, image):
+def dit_forward(graphdef, params, x, t, cond, text, image, taps=()):
+  """The DiT on noisy latents ``x`` at times ``t`` (scalar or ``[B]``, in [0, 1]) with ``cond``
+  concatenated: the float32 velocity, or the hidden states after the ``taps`` blocks.
+
+  ``params`` is one State or a tuple of States merged together (e.g. LoRA + teacher base).
+  States may come from an outer trace (``copy=True``).
+  """
   if cond is not None:
     x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
   t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
-  model = nnx.merge(graphdef, params, copy=True)
-  return model(x, timesteps.to_model_time(t), text, image).astype(jnp.float32)
+  states = params if isinstance(params, tuple) else (params,)
+  model = nnx.merge(graphdef, *states, copy=True)
+  args = (x, timesteps.to_model_time(t), text, image)
+  if taps:
+    return model.hidden_states(*args, taps=taps)
+  return model(*args).astype(jnp.float32)
+
+
+def velocity(graphdef, params, x, t, cond, text, image):
+  return dit_forward(graphdef, params, x, t, cond, text, image)
 
 
 def student(graphdef, params, noise, cond, text, image, steps: int = 1, key=None):

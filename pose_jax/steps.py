@@ -25,6 +25,7 @@ from flax import nnx
 
 from pose_jax.pose import losses, timesteps
 from pose_jax.pose.knobs import PoseKnobs
+from pose_jax.sampling import dit_forward
 
 sg = jax.lax.stop_gradient
 
@@ -50,16 +51,10 @@ class Models:
   taps: tuple[int, ...]
 
 
-def _dit(graphdef, states, x, t, batch, text=None, taps=None):
-  """Velocity (or taps) of a DiT for noisy latents ``x`` at times ``t [B]``."""
-  model = nnx.merge(graphdef, *states, copy=True)  # states may come from an outer trace
-  if batch.get("cond") is not None:
-    x = jnp.concatenate([x, batch["cond"].astype(x.dtype)], axis=-1)
+def _dit(graphdef, states, x, t, batch, text=None, taps=()):
+  """Velocity (or taps) of a DiT for noisy latents ``x`` at times ``t [B]`` on ``batch``."""
   text = batch["text"] if text is None else text
-  args = (x, timesteps.to_model_time(t), text, batch.get("image"))
-  if taps:
-    return model.hidden_states(*args, taps=taps)
-  return model(*args).astype(jnp.float32)
+  return dit_forward(graphdef, states, x, t, batch.get("cond"), text, batch.get("image"), taps)
 
 
 def _cfg_velocity(models, teacher, x, t, batch, scale):
