@@ -9,7 +9,6 @@ import copy
 import os
 import types
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -42,7 +41,7 @@ def dit_rows(tmp: str) -> list[dict]:
 
   from pose_jax.convert.wan_diffusers import load_transformer
   from pose_jax.models.wan import preset
-  from tests.test_wan_parity import _j, _torch_forward
+  from tests.test_wan_parity import _j, _torch_forward, gradient_errors
   from tests.wan_torch import inputs, to_channels_first, to_jax_args, torch_wan
 
   rows = []
@@ -85,37 +84,7 @@ def dit_rows(tmp: str) -> list[dict]:
     )
 
     # Backward: as tests/test_wan_parity.py::test_gradients_match_torch_autograd.
-    inp = inputs(cfg, batch=2, frames=2, height=4, width=6, text_len=5)
-    _, inp = _torch_forward(tm, inp, pad_text_to=512)
-    inp = {k: v.clone().requires_grad_(k != "timestep") for k, v in inp.items()}
-    weight = torch.from_numpy(
-      np.random.default_rng(0).standard_normal((2, cfg.out_channels, 2, 4, 6)).astype(np.float32)
-    )
-    (tm(**inp, return_dict=False)[0] * weight).sum().backward()
-    blk = tm.blocks[1]
-    t_grads = {
-      "x": inp["hidden_states"].grad.numpy().transpose(0, 2, 3, 4, 1),
-      "text": inp["encoder_hidden_states"].grad.numpy(),
-      "to_q": blk.attn1.to_q.weight.grad.numpy().T,
-      "ffn_in": blk.ffn.net[0].proj.weight.grad.numpy().T,
-      "table": tm.scale_shift_table.grad.numpy(),
-    }
-    graphdef, params = nnx.split(model)
-    x, t, txt, img = map(_j, to_jax_args({k: v.detach() for k, v in inp.items()}))
-    w = jnp.asarray(weight.numpy().transpose(0, 2, 3, 4, 1))
-
-    def loss(params, x, txt, t=t, img=img, w=w, graphdef=graphdef):
-      return (nnx.merge(graphdef, params)(x, t, txt, img) * w).sum()
-
-    gp, gx, gt = jax.grad(loss, argnums=(0, 1, 2))(params, x, txt)
-    ours = {
-      "x": gx,
-      "text": gt,
-      "to_q": gp["blocks"]["attn1"]["to_q"]["kernel"][...][1],
-      "ffn_in": gp["blocks"]["ffn"]["proj_in"]["kernel"][...][1],
-      "table": gp["scale_shift_table"][...],
-    }
-    grads = {k: rel_err(ours[k], t_grads[k]) for k in t_grads}
+    grads = gradient_errors(cfg, tm, model)
     rows.append(
       row(
         f"Wan DiT {kind} ({cfg.num_layers} layers) backward",
