@@ -66,14 +66,8 @@ def main():
       image=jax.random.normal(ks[3], (batch_size, 17, cfg.image_dim)),
     )
     for phase in ("pretrain", "priming", "equilibrium"):
-      tx = optim.make_optimizer(optim_cfg, phase, 10)
-      params = {"student": jax.tree.map(jnp.copy, teacher), "lora": jax.tree.map(jnp.copy, lora),
-                "head": jax.tree.map(jnp.copy, head)}  # fmt: skip
-      state = steps.TrainState(
-        step=jnp.int32(0), params=params, ema=jax.tree.map(jnp.copy, teacher),
-        opt_state=tx.init(params), rng=jax.random.key(1), bad_steps=jnp.int32(0),
-        skipped=jnp.int32(0),
-      )  # fmt: skip
+      tx = optim.make_optimizer(optim_cfg, phase, 10, knobs)
+      state = steps.init_state(tx, teacher, lora, head, knobs, seed=1)
       fn = jax.jit(steps.make_step(phase, knobs, models, tx, 0, 10), donate_argnums=(0,))
       t0 = time.perf_counter()
       compiled = fn.lower(state, teacher, batch).compile()

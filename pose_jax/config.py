@@ -45,10 +45,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     knobs = PoseKnobs.from_config(config.pose)
   except (TypeError, ValueError) as e:
     _fail("pose", str(e))
-  if knobs.fake_updates_per_step != 1:
-    _fail("pose.fake_updates_per_step", "only 1 is implemented so far")
-  if "joint" in knobs.phases or knobs.d_backbone == "trainable_copy":
-    _fail("pose", "phase 'joint' and d_backbone='trainable_copy' are not implemented yet")
   if max(knobs.d_layers, default=0) >= cfg.num_layers:
     _fail("pose.d_layers", f"{knobs.d_layers} has a block index >= num_layers={cfg.num_layers}")
   if "pretrain" not in knobs.phases and not config.ckpt.init_from:

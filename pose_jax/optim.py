@@ -1,11 +1,14 @@
 """One optax ``multi_transform`` over all trainable parameters, labelled by path.
 
 The trainable tree has top-level groups ``student`` (the generator G), ``lora`` (the fake-score
-LoRA on the frozen teacher) and ``head`` (the discriminator head). Each phase trains some of
-them; the rest, and every path matching ``optim.freeze`` regexes, get the label ``frozen``
-(``optax.set_to_zero``: no update, no state). Each trained label has its own learning-rate
-schedule, gradient clipping and AdamW weight decay (``config.optim.<group>``). The optimizer
-state is created fresh at the start of each phase (the paper's phases use different lrs).
+LoRA on the frozen teacher), ``head`` (the discriminator head) and, only with
+``pose.d_backbone=trainable_copy``, ``backbone`` (the discriminator's own DiT). Each phase trains
+some of them; the rest, and every path matching ``optim.freeze`` regexes, get the label
+``frozen`` (``optax.set_to_zero``: no update, no state). Each trained label has its own
+learning-rate schedule, gradient clipping and AdamW weight decay (``config.optim.<group>``;
+``backbone`` falls back to ``head``'s settings when ``config.optim.backbone`` is absent). The
+optimizer state is created fresh at the start of each phase (the paper's phases use different
+lrs).
 """
 
 from __future__ import annotations
@@ -16,14 +19,25 @@ from collections.abc import Sequence
 import jax
 import optax
 
-GROUPS = ("student", "lora", "head")
+GROUPS = ("student", "lora", "head", "backbone")
 TRAINED = {
   "pretrain": ("student",),
   "priming": ("student", "lora"),
   "equilibrium": ("student", "head"),
-  "joint": ("student", "lora", "head"),
 }
 FROZEN = "frozen"
+
+
+def trained_groups(phase: str, knobs=None) -> tuple[str, ...]:
+  """The groups ``phase`` trains: ``equilibrium`` adds ``lora`` with ``pose.joint`` (DMD2-style
+  VSD terms) and ``backbone`` with ``pose.d_backbone=trainable_copy``."""
+  if phase not in TRAINED:
+    raise ValueError(f"unknown phase {phase!r}; choose from {sorted(TRAINED)}")
+  groups = TRAINED[phase]
+  if phase == "equilibrium" and knobs is not None:
+    groups += ("lora",) * bool(knobs.joint)
+    groups += ("backbone",) * (knobs.d_backbone == "trainable_copy")
+  return groups
 
 
 def path_str(path) -> str:
@@ -36,9 +50,9 @@ def path_str(path) -> str:
   return "/".join(parts)
 
 
-def labels(params, phase: str, freeze: Sequence[str] = ()):
+def labels(params, phase: str, freeze: Sequence[str] = (), knobs=None):
   """The label tree: the group name where trained in ``phase``, else ``frozen``."""
-  trained = TRAINED[phase]
+  trained = trained_groups(phase, knobs)
   patterns = [re.compile(p) for p in freeze]
 
   def label(path, _):
@@ -77,12 +91,14 @@ def group_transform(c, total_steps: int) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def make_optimizer(optim, phase: str, total_steps: int) -> optax.GradientTransformation:
-  """The phase's optimizer over the full trainable tree ``{student, lora, head}``."""
-  if phase not in TRAINED:
-    raise ValueError(f"unknown phase {phase!r}; choose from {sorted(TRAINED)}")
+def make_optimizer(optim, phase: str, total_steps: int, knobs=None) -> optax.GradientTransformation:
+  """The phase's optimizer over the full trainable tree (``{student, lora, head[, backbone]}``)."""
+  trained_groups(phase, knobs)  # validates the phase
   transforms = {FROZEN: optax.set_to_zero()}
   for group in GROUPS:
-    transforms[group] = group_transform(optim[group], total_steps)
+    settings = optim.get(group) or (optim.head if group == "backbone" else None)
+    if settings is None:
+      raise ValueError(f"config.optim.{group} is missing")
+    transforms[group] = group_transform(settings, total_steps)
   freeze = tuple(optim.get("freeze", ()))
-  return optax.multi_transform(transforms, lambda params: labels(params, phase, freeze))
+  return optax.multi_transform(transforms, lambda params: labels(params, phase, freeze, knobs))

@@ -1,7 +1,8 @@
 """One fused, pure training step per POSE phase: ``(state, teacher, batch) -> (state, metrics)``.
 
 Models are one graphdef each, called with different parameter trees (``nnx.merge``):
-G = student params, R = frozen teacher, F = teacher base + LoRA, E = EMA of G (or R), h = head.
+G = student params, R = frozen teacher, F = teacher base + LoRA, E = EMA of G, h = head; the
+discriminator backbone is E, R or (``d_backbone=trainable_copy``) its own trained copy.
 Times t are in [0, 1] (1 = noise); the DiT sees ``1000 t``. The batch holds ``latents``
 ``[B,T,h,w,Z]``, ``cond`` (mask + condition latent, I2V), ``text``, ``neg_text`` and ``image``.
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from pose_jax.optim import trained_groups
 from pose_jax.pose import losses, timesteps
 from pose_jax.pose.knobs import PoseKnobs
 from pose_jax.sampling import dit_forward
@@ -100,10 +102,19 @@ def _generator_x0(params, batch, key, models, lo):
   return timesteps.x0_from_velocity(x_s, _dit(models.dit, (params["student"],), x_s, s, batch), s)
 
 
-def priming_loss(params, teacher, batch, key, models, knobs, frac):
-  teacher = sg(teacher)  # frozen: F's base weights are the teacher's and get no gradient either
-  k_gen, k_eps, k_t = jax.random.split(key, 3)
-  x0g = _generator_x0(params, batch, k_gen, models, knobs.s_lo_at(frac))
+def _one_step_x0(params, batch, key, models):
+  """Phase II generator sample from pure noise: ``x0g = eps - G(eps, 1)``."""
+  x = batch["latents"]
+  eps = jax.random.normal(key, x.shape, x.dtype)
+  ones = jnp.ones((x.shape[0],))
+  return timesteps.x0_from_velocity(
+    eps, _dit(models.dit, (params["student"],), eps, ones, batch), ones
+  )
+
+
+def _vsd(params, teacher, batch, key, models, knobs, x0g):
+  """Phase I's two terms on a generator sample: ``(L_G (DMD), L_F (fake score))``."""
+  k_eps, k_t = jax.random.split(key)
   t = timesteps.sample(k_t, x0g.shape[0], "uniform", flow_shift=knobs.flow_shift)
   eps = jax.random.normal(k_eps, x0g.shape, x0g.dtype)
   xt = sg(timesteps.add_noise(x0g, eps, t))
@@ -112,49 +123,89 @@ def priming_loss(params, teacher, batch, key, models, knobs, frac):
   )
   v_fake = _dit(models.dit_lora, (params["lora"], teacher), xt, t, batch)
   x0_fake = timesteps.x0_from_velocity(xt, sg(v_fake), t)
-  loss_g = losses.dmd_generator(x0g, x0_real, x0_fake)
-  loss_f = losses.fake_score(v_fake, eps, x0g)
+  return losses.dmd_generator(x0g, x0_real, x0_fake), losses.fake_score(v_fake, eps, x0g)
+
+
+def priming_loss(params, teacher, batch, key, models, knobs, frac):
+  teacher = sg(teacher)  # frozen: F's base weights are the teacher's and get no gradient either
+  k_gen, k_vsd = jax.random.split(key)
+  x0g = _generator_x0(params, batch, k_gen, models, knobs.s_lo_at(frac))
+  loss_g, loss_f = _vsd(params, teacher, batch, k_vsd, models, knobs, x0g)
   return loss_g + loss_f, {"loss/dmd": loss_g, "loss/fake": loss_f}
+
+
+def fake_score_loss(lora, params, teacher, batch, key, models, knobs, frac, phase):
+  """``L_F`` alone on a fresh (stop-gradient) generator sample of ``phase``: the extra LoRA
+  updates of ``fake_updates_per_step``."""
+  teacher, params = sg(teacher), sg(params)
+  k_gen, k_eps, k_t = jax.random.split(key, 3)
+  if phase == "priming":
+    x0g = _generator_x0(params, batch, k_gen, models, knobs.s_lo_at(frac))
+  else:
+    x0g = _one_step_x0(params, batch, k_gen, models)
+  t = timesteps.sample(k_t, x0g.shape[0], "uniform", flow_shift=knobs.flow_shift)
+  eps = jax.random.normal(k_eps, x0g.shape, x0g.dtype)
+  xt = timesteps.add_noise(x0g, eps, t)
+  return losses.fake_score(_dit(models.dit_lora, (lora, teacher), xt, t, batch), eps, x0g)
+
+
+def _adversarial(params, teacher, ema, batch, key, models, knobs, x0g):
+  """Phase II's GAN terms: ``(L_G adv, L_D, L_R1, metrics)``.
+
+  The backbone is E (EMA, default), R (frozen teacher) or its own trainable copy. Gradient
+  reaches G only through the fake sample (the backbone and head are stop-gradient in L_G) and
+  the head (and a trainable backbone) only through L_D and L_R1.
+  """
+  x = batch["latents"]
+  k = jax.random.split(key, 4)
+  t_fake, t_real = _noise_times(knobs, k[0], x.shape[0])
+  fake = timesteps.add_noise(x0g, jax.random.normal(k[1], x.shape, x.dtype), t_fake)
+  real = timesteps.add_noise(x, jax.random.normal(k[2], x.shape, x.dtype), t_real)
+  perturbed = real + losses.r1_noise(k[3], real, knobs.sigma_s, knobs.sigma_t)
+  trainable = knobs.d_backbone == "trainable_copy"
+  if trainable:
+    backbone = params["backbone"]
+  else:
+    backbone = sg(ema if knobs.d_backbone == "ema" else teacher)
+  taps = lambda p, z, t: _dit(models.dit, (p,), z, t, batch, taps=models.taps)  # noqa: E731
+  cond = dict(text=batch["text"], image=batch.get("image"))
+  head = nnx.merge(models.head, params["head"], copy=True)
+  head_frozen = nnx.merge(models.head, sg(params["head"]), copy=True)
+  taps_fake = taps(sg(backbone), fake, t_fake)  # gradient reaches G through `fake` only
+  d_fake_for_g = head_frozen(taps_fake, **cond)
+  # A frozen backbone's pass on the fake serves both losses; a trainable one needs its own.
+  feats_fake = taps(backbone, sg(fake), t_fake) if trainable else [sg(h) for h in taps_fake]
+  d_fake = head(feats_fake, **cond)
+  d_real = head(taps(backbone, real, t_real), **cond)
+  d_pert = head(taps(backbone, perturbed, t_real), **cond)
+  metrics = {"d/real": jnp.mean(d_real), "d/fake": jnp.mean(d_fake)}
+  return (
+    losses.hinge_generator(d_fake_for_g),
+    losses.hinge_discriminator(d_real, d_fake),
+    losses.approximate_r1(d_real, d_pert),
+    metrics,
+  )
 
 
 def equilibrium_loss(params, teacher, batch, key, models, knobs, frac, ema):
   del frac
   teacher = sg(teacher)
   x = batch["latents"]
-  k = jax.random.split(key, 7)
-  eps = jax.random.normal(k[0], x.shape, x.dtype)
-  ones = jnp.ones((x.shape[0],))
-  x0g = timesteps.x0_from_velocity(
-    eps, _dit(models.dit, (params["student"],), eps, ones, batch), ones
+  k = jax.random.split(key, 5)
+  x0g = _one_step_x0(params, batch, k[0], models)
+  loss_g, loss_d, loss_r1, metrics = _adversarial(
+    params, teacher, ema, batch, k[1], models, knobs, x0g
   )
-  t_fake, t_real = _noise_times(knobs, k[1], x.shape[0])
-  fake = timesteps.add_noise(x0g, jax.random.normal(k[2], x.shape, x.dtype), t_fake)
-  real = timesteps.add_noise(x, jax.random.normal(k[3], x.shape, x.dtype), t_real)
-  perturbed = real + losses.r1_noise(k[4], real, knobs.sigma_s, knobs.sigma_t)
-  backbone = sg(ema if knobs.d_backbone == "ema" else teacher)
-  taps = lambda z, t: _dit(models.dit, (backbone,), z, t, batch, taps=models.taps)  # noqa: E731
-  cond = dict(text=batch["text"], image=batch.get("image"))
-  head = nnx.merge(models.head, params["head"], copy=True)
-  head_frozen = nnx.merge(models.head, sg(params["head"]), copy=True)
-  taps_fake = taps(fake, t_fake)  # one backbone pass; gradient reaches G through `fake` only
-  d_fake_for_g = head_frozen(taps_fake, **cond)
-  d_fake = head([sg(h) for h in taps_fake], **cond)
-  d_real = head([sg(h) for h in taps(real, t_real)], **cond)
-  d_pert = head([sg(h) for h in taps(perturbed, t_real)], **cond)
-  loss_d = losses.hinge_discriminator(d_real, d_fake)
-  loss_r1 = losses.approximate_r1(d_real, d_pert)
-  loss_g = losses.hinge_generator(d_fake_for_g)
-  metrics = {
-    "loss/d": loss_d,
-    "loss/r1": loss_r1,
-    "loss/g_adv": loss_g,
-    "d/real": jnp.mean(d_real),
-    "d/fake": jnp.mean(d_fake),
-  }
-  total = loss_g + loss_d + knobs.lam_r1 * loss_r1
+  metrics.update({"loss/d": loss_d, "loss/r1": loss_r1, "loss/g_adv": loss_g})
+  gan_weight = knobs.joint_gan_weight if knobs.joint else 1.0
+  total = gan_weight * loss_g + loss_d + knobs.lam_r1 * loss_r1
+  if knobs.joint:  # DMD2-style: Phase I's VSD terms on the same one-step sample
+    loss_dmd, loss_f = _vsd(params, teacher, batch, k[2], models, knobs, x0g)
+    total = total + loss_dmd + loss_f
+    metrics.update({"loss/dmd": loss_dmd, "loss/fake": loss_f})
   if knobs.lam_cons:
-    t3 = timesteps.sample(k[5], x.shape[0], "uniform", flow_shift=knobs.flow_shift)
-    z = sg(timesteps.add_noise(x0g, jax.random.normal(k[6], x.shape, x.dtype), t3))
+    t3 = timesteps.sample(k[3], x.shape[0], "uniform", flow_shift=knobs.flow_shift)
+    z = sg(timesteps.add_noise(x0g, jax.random.normal(k[4], x.shape, x.dtype), t3))
     x0_teacher = timesteps.x0_from_velocity(
       z, _cfg_velocity(models, teacher, z, t3, batch, knobs.cons_cfg), t3
     )
@@ -165,6 +216,25 @@ def equilibrium_loss(params, teacher, batch, key, models, knobs, frac, ema):
 
 
 LOSSES = {"pretrain": pretrain_loss, "priming": priming_loss, "equilibrium": equilibrium_loss}
+
+
+def init_state(tx, teacher, lora, head, knobs: PoseKnobs, seed: int = 0) -> TrainState:
+  """A fresh state: the student and EMA start as the teacher (copies: the state is donated);
+  with ``d_backbone=trainable_copy`` the discriminator gets its own copy too. Pure, so it runs
+  under ``jax.jit`` (sharded) or ``jax.eval_shape`` (ahead-of-time compiles)."""
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
+  params = {"student": copy(teacher), "lora": copy(lora), "head": copy(head)}
+  if knobs.d_backbone == "trainable_copy":
+    params["backbone"] = copy(teacher)
+  return TrainState(
+    step=jnp.int32(0),
+    params=params,
+    ema=copy(teacher),
+    opt_state=tx.init(params),
+    rng=jax.random.key(seed),
+    bad_steps=jnp.int32(0),
+    skipped=jnp.int32(0),
+  )
 
 
 # --- the fused step ---------------------------------------------------------------------------
@@ -214,14 +284,40 @@ def make_step(
     total, _ = jax.lax.scan(body, zero, (split, jnp.arange(micro_batches)))
     return jax.tree.map(lambda a: a / micro_batches, total)
 
+  extra_fake = knobs.fake_updates_per_step - 1 if "lora" in trained_groups(phase, knobs) else 0
+
+  def fake_update(carry, key, teacher, batch, frac):
+    """One LoRA-only update: the other groups' parameters and optimizer states stay as they are
+    (their zero-gradient updates are computed and dropped, so XLA removes them)."""
+    params, opt_state, finite = carry
+    loss, g = jax.value_and_grad(fake_score_loss)(
+      params["lora"], params, teacher, batch, key, models, knobs, frac, phase
+    )
+    grads = {**jax.tree.map(jnp.zeros_like, params), "lora": g}
+    updates, new_opt = tx.update(grads, opt_state, params)
+    params = {**params, "lora": optax.apply_updates(params["lora"], updates["lora"])}
+    inner = {**opt_state.inner_states, "lora": new_opt.inner_states["lora"]}
+    finite = finite & jnp.isfinite(loss) & _all_finite(g)
+    return (params, opt_state._replace(inner_states=inner), finite), loss
+
   def step(state: TrainState, teacher, batch):
     rng, key = jax.random.split(state.rng)
     frac = (state.step - phase_start).astype(jnp.float32) / max(phase_steps, 1)
-    loss, metrics, grads = accumulate(state.params, teacher, state.ema, batch, key, frac)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state, fake_ok = state.params, state.opt_state, jnp.bool_(True)
+    extra = {}
+    if extra_fake:
+      key, k_fake = jax.random.split(key)
+      (params, opt_state, fake_ok), fake_losses = jax.lax.scan(
+        lambda c, k: fake_update(c, k, teacher, batch, frac),
+        (params, opt_state, fake_ok),
+        jax.random.split(k_fake, extra_fake),
+      )
+      extra["loss/fake_extra"] = jnp.mean(fake_losses)
+    loss, metrics, grads = accumulate(params, teacher, state.ema, batch, key, frac)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
     ema = losses.ema(state.ema, params["student"], knobs.ema_decay)
-    ok = jnp.isfinite(loss) & _all_finite(grads)
+    ok = jnp.isfinite(loss) & _all_finite(grads) & fake_ok
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
     new = TrainState(
       step=state.step + 1,
@@ -235,6 +331,7 @@ def make_step(
     grad_norms = {f"grad_norm/{g}": optax.global_norm(v) for g, v in grads.items()}
     metrics = {
       **metrics,
+      **extra,
       **grad_norms,
       "loss": loss,
       "finite": ok.astype(jnp.float32),

@@ -8,6 +8,7 @@ itself (fresh optimizer state per phase; the teacher becomes the pretrained stud
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -121,21 +122,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_iterator) -> RunRe
     _, teacher = restore_params(config.ckpt.init_from, mesh=mesh, like=teacher)
 
   def fresh_state(phase, teacher):
-    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (states are donated)
-    params = {"student": copy(teacher), "lora": copy(lora), "head": copy(head)}
-    return steps.TrainState(
-      step=jnp.int32(0),
-      params=params,
-      ema=copy(teacher),
-      opt_state=init_opt(phase, params),
-      rng=jax.random.key(config.seed),
-      bad_steps=jnp.int32(0),
-      skipped=jnp.int32(0),
-    )
+    tx = optim.make_optimizer(config.optim, phase, total, knobs)
+    init = functools.partial(steps.init_state, tx, knobs=knobs, seed=config.seed)
+    with shd.use_mesh(mesh):
+      return jax.jit(init)(teacher, lora, head)
 
   def init_opt(phase, params):
     with shd.use_mesh(mesh):
-      return jax.jit(optim.make_optimizer(config.optim, phase, total).init)(params)
+      return jax.jit(optim.make_optimizer(config.optim, phase, total, knobs).init)(params)
 
   # --- restore ---------------------------------------------------------------------------------
   mngr = ckpt_lib.manager(workdir, config.ckpt.every, config.ckpt.keep, config.ckpt.async_save)
@@ -172,7 +166,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_iterator) -> RunRe
         state.replace(opt_state=init_opt(phase, state.params), bad_steps=jnp.int32(0)), mesh
       )
       meta = {"phase_index": index}
-    tx = optim.make_optimizer(config.optim, phase, total)
+    tx = optim.make_optimizer(config.optim, phase, total, knobs)
     step_fn = steps.make_step(
       phase, knobs, models, tx, start, stop - start, config.train.micro_batches
     )

@@ -1,5 +1,7 @@
 """The fused POSE steps: label tree, what each step changes, stop-gradients, NaN guard, sharding."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -50,20 +52,10 @@ def setup():
   return models, teacher, lora, head, batch
 
 
-def _state(setup, phase, lr=1e-3):
-  models, teacher, lora, head, _ = setup
-  params = {"student": jax.tree.map(jnp.copy, teacher), "lora": lora, "head": head}
-  tx = optim.make_optimizer(_optim_config(lr), phase, total_steps=3)
-  state = steps.TrainState(
-    step=jnp.int32(0),
-    params=params,
-    ema=jax.tree.map(jnp.copy, teacher),
-    opt_state=tx.init(params),
-    rng=jax.random.key(1),
-    bad_steps=jnp.int32(0),
-    skipped=jnp.int32(0),
-  )
-  return state, tx
+def _state(setup, phase, lr=1e-3, knobs=KNOBS):
+  _, teacher, lora, head, _ = setup
+  tx = optim.make_optimizer(_optim_config(lr), phase, 3, knobs)
+  return steps.init_state(tx, teacher, lora, head, knobs, seed=1), tx
 
 
 def _changed(a, b):
@@ -109,6 +101,79 @@ def test_one_fused_step_changes_exactly_its_params(setup, phase, moves, still):
   expect = optax.incremental_update(new.params["student"], state.ema, 1 - KNOBS.ema_decay)
   for a, b in zip(jax.tree.leaves(new.ema), jax.tree.leaves(expect)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _adam_count(opt_state, group) -> int:
+  adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+  inner = opt_state.inner_states[group].inner_state
+  return int([x for x in jax.tree.leaves(inner, is_leaf=adam) if adam(x)][0].count)
+
+
+@pytest.mark.parametrize(
+  "knobs,moves,still",
+  [
+    (dataclasses.replace(KNOBS, joint=True), ["student", "head", "lora"], []),
+    (
+      dataclasses.replace(KNOBS, d_backbone="trainable_copy"),
+      ["student", "head", "backbone"],
+      ["lora"],
+    ),
+  ],  # fmt: skip
+  ids=["joint", "trainable_copy"],
+)
+def test_equilibrium_variants_train_their_groups(setup, knobs, moves, still):
+  models, teacher, _, _, batch = setup
+  state, tx = _state(setup, "equilibrium", knobs=knobs)
+  assert ("backbone" in state.params) == (knobs.d_backbone == "trainable_copy")
+  new, metrics = jax.jit(steps.make_step("equilibrium", knobs, models, tx, 0, 3))(
+    state, teacher, batch
+  )
+  assert bool(metrics["finite"])
+  assert ("loss/dmd" in metrics) == knobs.joint and ("loss/fake" in metrics) == knobs.joint
+  for g in moves:
+    assert _changed(new.params[g], state.params[g]), g
+  for g in still:
+    assert not _changed(new.params[g], state.params[g]), g
+
+
+def test_trainable_backbone_gets_only_discriminator_gradient(setup):
+  models, teacher, lora, head, batch = setup
+  knobs = dataclasses.replace(KNOBS, d_backbone="trainable_copy", lam_cons=0.0)
+  perturb = lambda t: jax.tree.map(lambda a: a * 1.01, t)  # noqa: E731  (backbone != student)
+  params = {"student": teacher, "lora": lora, "head": head, "backbone": perturb(teacher)}
+  key = jax.random.key(5)
+
+  def grads(name):
+    f = lambda p: steps.equilibrium_loss(p, teacher, batch, key, models, knobs, 0.0, teacher)[1][
+      name
+    ]  # noqa: E731
+    return jax.jit(jax.grad(f))(params)
+
+  norm = lambda t: float(optax.global_norm(t))  # noqa: E731
+  g = grads("loss/g_adv")
+  assert norm(g["student"]) > 0 and norm(g["backbone"]) == 0 and norm(g["head"]) == 0
+  g = grads("loss/d")
+  assert norm(g["backbone"]) > 0 and norm(g["head"]) > 0 and norm(g["student"]) == 0
+  assert norm(grads("loss/r1")["backbone"]) > 0
+
+
+@pytest.mark.parametrize("phase,knobs", [
+  ("priming", dataclasses.replace(KNOBS, fake_updates_per_step=3)),
+  ("equilibrium", dataclasses.replace(KNOBS, fake_updates_per_step=3, joint=True)),
+])  # fmt: skip
+def test_extra_fake_updates_advance_only_the_lora(setup, phase, knobs):
+  models, teacher, _, _, batch = setup
+  state, tx = _state(setup, phase, knobs=knobs)
+  step = jax.jit(steps.make_step(phase, knobs, models, tx, 0, 3))
+  new, metrics = step(state, teacher, batch)
+  assert bool(metrics["finite"]) and "loss/fake_extra" in metrics
+  assert _adam_count(new.opt_state, "lora") == 3  # two LoRA-only updates + the fused one
+  assert _adam_count(new.opt_state, "student") == 1
+  one = dataclasses.replace(knobs, fake_updates_per_step=1)
+  ref, _ = jax.jit(steps.make_step(phase, one, models, tx, 0, 3))(
+    _state(setup, phase, knobs=one)[0], teacher, batch
+  )
+  assert _changed(new.params["lora"], ref.params["lora"])
 
 
 def test_stop_gradients_of_equilibrium(setup):

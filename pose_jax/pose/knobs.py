@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-PHASES = ("pretrain", "priming", "equilibrium", "joint")
+PHASES = ("pretrain", "priming", "equilibrium")
 D_BACKBONES = ("ema", "frozen_teacher", "trainable_copy")
 D_NOISE = ("uniform", "logit_normal", "fake_band")
 
@@ -22,7 +22,7 @@ class PoseKnobs:
   s_lo: float = 0.9  # generator input time s ~ U[s_lo, 1]
   s_lo_end: float | None = None  # curriculum: s_lo moves linearly to this over the phase
   cfg_real: float = 5.0  # teacher CFG scale in the DMD target (negative = empty prompt)
-  fake_updates_per_step: int = 1
+  fake_updates_per_step: int = 1  # LoRA-only updates per step (DMD2's TTUR), the last one fused
   lora_rank: int = 64
   lora_alpha: float | None = None
   # Phase II (equilibrium).
@@ -40,7 +40,10 @@ class PoseKnobs:
   conditional: bool = True  # semantic head conditioned on image + text tokens
   lam_cons: float = 10.0  # C-SDS weight; 0 switches it off
   cons_cfg: float = 1.0
-  # DMD2-style single phase: VSD and GAN terms together (phase name "joint").
+  # DMD2-style: the equilibrium phase also carries Phase I's VSD terms (DMD generator loss on
+  # its one-step sample + the LoRA fake score), the GAN generator loss weighted by
+  # joint_gan_weight.
+  joint: bool = False
   joint_gan_weight: float = 1.0
 
   def __post_init__(self):
@@ -60,6 +63,8 @@ class PoseKnobs:
       problems.append(f"s_lo: {self.s_lo} must be in [0, 1)")
     if not 0.0 < self.ema_decay < 1.0:
       problems.append(f"ema_decay: {self.ema_decay} must be in (0, 1)")
+    if self.fake_updates_per_step < 1:
+      problems.append(f"fake_updates_per_step: {self.fake_updates_per_step} must be >= 1")
     if self.lora_rank < 1:
       problems.append("lora_rank: must be >= 1")
     if problems:

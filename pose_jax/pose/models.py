@@ -39,11 +39,15 @@ def _makers(cfg: WanConfig, knobs: PoseKnobs, seed: int):
   )
 
 
-def build(cfg: WanConfig, knobs: PoseKnobs, seed: int = 0, mesh=None):
+def build(cfg: WanConfig, knobs: PoseKnobs, seed: int = 0, mesh=None, abstract: bool = False):
   """``(models, teacher, lora, head)``: graphdefs and freshly initialised States.
 
-  With ``mesh``, the States are created directly in their shardings (abstract first).
+  With ``mesh``, the States are created directly in their shardings (abstract first). With
+  ``abstract=True`` (needs ``mesh``) nothing is allocated: the States hold
+  ``jax.ShapeDtypeStruct``s carrying their shardings (for ahead-of-time compiles).
   """
+  if abstract and mesh is None:
+    raise ValueError("abstract=True needs a mesh (the shardings are part of the result)")
   taps, make = _makers(cfg, knobs, seed)
   graphdefs, states = {}, {}
   for name, maker in make.items():
@@ -65,6 +69,11 @@ def build(cfg: WanConfig, knobs: PoseKnobs, seed: int = 0, mesh=None):
       with shd.axis_rules():
         target = jax.eval_shape(init)
         shardings = shd.state_shardings(target, mesh)
+      if abstract:
+        states[name] = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target, shardings
+        )
+        continue
       with shd.use_mesh(mesh):
         states[name] = jax.jit(init, out_shardings=shardings)()
   models = Models(
