@@ -12,6 +12,7 @@ CORE = [
   "ml-collections==1.1.0",
   "absl-py==2.5.1",
   "safetensors==0.8.0",
+  "tensorboardX==2.6.5",
   "numpy>=2.0",
   # Data: toy clips (skimage.data photos) and video decoding for pose_jax.prepare.
   "scikit-image>=0.24",

@@ -19,15 +19,30 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Number of JAX processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_enum(
+  "distributed",
+  "auto",
+  ["auto", "on", "off"],
+  "jax.distributed.initialize: 'auto' calls it when --num_processes > 1 (with the coordinator "
+  "flags); 'on' always calls it, letting JAX detect the cluster (multi-host TPU VMs: what "
+  "launch/train.sh passes); 'off' never.",
+)
 
 
 def _init_distributed() -> None:
-  if _NUM_PROCESSES.value > 1:
+  explicit = _NUM_PROCESSES.value > 1
+  if _DISTRIBUTED.value == "off" or (_DISTRIBUTED.value == "auto" and not explicit):
+    return
+  if explicit:
     jax.distributed.initialize(
       coordinator_address=_COORDINATOR.value,
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
     )
+  else:
+    jax.distributed.initialize()  # cluster auto-detection (TPU VM metadata, SLURM, ...)
+  print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local "
+        f"of {jax.device_count()} devices", flush=True)  # fmt: skip
 
 
 def _data(config, workdir: str):
@@ -39,6 +54,8 @@ def _data(config, workdir: str):
     from pose_jax.data import toy
 
     root = os.path.join(workdir, "data")
+    if jax.process_count() > 1:  # deterministic: each process builds its own copy, no races
+      root = os.path.join(root, f"process_{jax.process_index()}")
     if not os.path.exists(os.path.join(root, "train", records.META)):
       toy.build_dataset(root, size=config.data.size, frames=config.data.frames, seed=config.seed)
     train_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
@@ -61,7 +78,11 @@ def main(argv) -> None:
   from pose_jax import train  # noqa: PLC0415  (keeps --help fast)
 
   iterator, eval_batch = _data(config, _WORKDIR.value)
-  result = train.run(config, _WORKDIR.value, iterator)
+  try:
+    result = train.run(config, _WORKDIR.value, iterator)
+  except train.Preempted as e:
+    print(e, flush=True)
+    raise SystemExit(0) from None
   if eval_batch is not None and config.data.kind == "toy":
     from pose_jax import toy_eval
 

@@ -11,7 +11,10 @@ import dataclasses
 import functools
 import hashlib
 import json
+import signal
+import threading
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +42,48 @@ class RunResult:
 
 class NonFiniteError(FloatingPointError):
   """Too many consecutive non-finite steps; the last good checkpoint is left intact."""
+
+
+class Preempted(SystemExit):
+  """SIGTERM (a TPU maintenance event, a scheduler): the current step finished, a checkpoint
+  was written; rerunning the same command resumes there. Exits with status 0."""
+
+  def __init__(self, step: int):
+    super().__init__(0)
+    self.step = step
+
+  def __str__(self) -> str:
+    return f"preempted: checkpoint written at step {self.step}; rerun the command to resume"
+
+
+class PreemptionWatch:
+  """Whether the run must stop for preemption after ``step``.
+
+  One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption service
+  (started by ``jax.distributed.initialize``) catches the signal on any host and all processes
+  agree on the same sync step (``CheckpointManager.reached_preemption``), so they save together.
+  """
+
+  def __init__(self):
+    self.signalled = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.signalled = True
+    print("SIGTERM received: finishing the current step, then checkpointing", flush=True)
+
+  def reached(self, mngr, step: int) -> bool:
+    if jax.process_count() > 1:
+      return bool(mngr.reached_preemption(step))
+    return self.signalled
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 def phase_plan(knobs: PoseKnobs) -> list[tuple[str, int, int]]:
@@ -90,16 +135,31 @@ def _log_compiled(phase: str, compiled) -> dict:
 
 
 class MetricWriter:
-  """JSON lines in ``<workdir>/metrics.jsonl`` (process 0)."""
+  """Scalars as JSON lines in ``<workdir>/metrics.jsonl`` and as TensorBoard events under
+  ``<workdir>/tensorboard`` (tensorboardX; ``gs://`` needs google-cloud-storage), process 0."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, tensorboard: bool = True):
     self.path = epath.Path(workdir) / "metrics.jsonl"
     self.enabled = jax.process_index() == 0
+    self.tb = None
+    if self.enabled and tensorboard:
+      from tensorboardX import SummaryWriter
+
+      self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"), flush_secs=30)
 
   def write(self, step: int, metrics: dict) -> None:
-    if self.enabled:
-      with self.path.open("a") as f:
-        f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in metrics.items()}
+    with self.path.open("a") as f:
+      f.write(json.dumps({"step": step, **scalars}) + "\n")
+    if self.tb is not None:
+      for k, v in scalars.items():
+        self.tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, data_iterator) -> RunResult:
@@ -154,34 +214,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_iterator) -> RunRe
     print(f"resumed from step {latest} (phase {phase_at})")
 
   # --- loop over phases ------------------------------------------------------------------------
-  writer = MetricWriter(workdir)
-  for index in range(meta["phase_index"], len(plan)):
-    phase, start, stop = plan[index]
-    if int(state.step) >= stop:
-      continue
-    if index != meta["phase_index"]:  # entering a new phase: fresh optimizer state
-      if plan[index - 1][0] == "pretrain":  # the pretrained student becomes the teacher
-        teacher = jax.tree.map(jnp.copy, state.params["student"])
-      state = _replicate_single_device(
-        state.replace(opt_state=init_opt(phase, state.params), bad_steps=jnp.int32(0)), mesh
-      )
-      meta = {"phase_index": index}
-    tx = optim.make_optimizer(config.optim, phase, total, knobs)
-    step_fn = steps.make_step(
-      phase, knobs, models, tx, start, stop - start, config.train.micro_batches
-    )
-    jitted = jax.jit(step_fn, donate_argnums=(0,))
-    with shd.use_mesh(mesh):
-      batch = _global_batch(next(data_iterator), mesh)
-      t0 = time.perf_counter()
-      compiled = jitted.lower(state, teacher, batch).compile()
-      _log_compiled(phase, compiled)
-      print(f"[{phase}] compile {time.perf_counter() - t0:.1f}s")
-      loop = _Loop(config, mesh, mngr, writer, data_iterator)
-      saved_teacher = teacher if teacher_trained_here else None
-      meta_out = {**meta, "has_teacher": teacher_trained_here}
-      state = loop.run_phase(phase, stop, compiled, state, teacher, batch, meta_out, saved_teacher)
-    meta = {"phase_index": index}
+  loop = _Loop(
+    config, knobs, models, mesh, mngr, MetricWriter(workdir, config.train.get("tensorboard", True)),
+    data_iterator, PreemptionWatch(), init_opt, total, teacher_trained_here,
+  )  # fmt: skip
+  try:
+    state, teacher = loop.run_phases(plan, state, teacher, meta)
+  finally:
+    loop.watch.close()
+    loop.writer.close()
   mngr.wait_until_finished()
   mngr.close()
   _write_fingerprint(workdir, state)
@@ -201,13 +242,53 @@ def _write_fingerprint(workdir: str, state) -> None:
 
 @dataclasses.dataclass
 class _Loop:
-  """What every phase's loop shares: config, mesh, checkpoints, metrics and the data."""
+  """What every phase's loop shares: config, models, mesh, checkpoints, metrics, data."""
 
   config: ml_collections.ConfigDict
+  knobs: PoseKnobs
+  models: steps.Models
   mesh: object
   mngr: object
   writer: MetricWriter
   data: object
+  watch: PreemptionWatch
+  init_opt: Callable  # (phase, params) -> fresh optimizer state
+  total: int
+  teacher_trained_here: bool
+
+  def run_phases(self, plan, state, teacher, meta):
+    """Runs ``plan`` from ``meta['phase_index']``; returns ``(state, teacher)``."""
+    mesh = self.mesh
+    for index in range(meta["phase_index"], len(plan)):
+      phase, start, stop = plan[index]
+      if int(state.step) >= stop:
+        continue
+      if index != meta["phase_index"]:  # entering a new phase: fresh optimizer state
+        if plan[index - 1][0] == "pretrain":  # the pretrained student becomes the teacher
+          teacher = jax.tree.map(jnp.copy, state.params["student"])
+        opt_state = self.init_opt(phase, state.params)
+        state = _replicate_single_device(
+          state.replace(opt_state=opt_state, bad_steps=jnp.int32(0)), mesh
+        )
+        meta = {"phase_index": index}
+      tx = optim.make_optimizer(self.config.optim, phase, self.total, self.knobs)
+      step_fn = steps.make_step(
+        phase, self.knobs, self.models, tx, start, stop - start, self.config.train.micro_batches
+      )
+      jitted = jax.jit(step_fn, donate_argnums=(0,))
+      with shd.use_mesh(mesh):
+        batch = _global_batch(next(self.data), mesh)
+        t0 = time.perf_counter()
+        compiled = jitted.lower(state, teacher, batch).compile()
+        _log_compiled(phase, compiled)
+        print(f"[{phase}] compile {time.perf_counter() - t0:.1f}s")
+        saved_teacher = teacher if self.teacher_trained_here else None
+        meta_out = {**meta, "has_teacher": self.teacher_trained_here}
+        state = self.run_phase(
+          phase, stop, compiled, state, teacher, batch, meta_out, saved_teacher
+        )
+      meta = {"phase_index": index}
+    return state, teacher
 
   def run_phase(self, phase, stop, compiled, state, teacher, batch, meta, teacher_to_save):
     config, mngr, writer, data_iterator, mesh = (
@@ -234,7 +315,14 @@ class _Loop:
           f"{int(state.bad_steps)} consecutive non-finite steps at step {step} ({phase}); the "
           f"updates were skipped and the last checkpoint ({mngr.latest_step()}) is intact"
         )
-      ckpt_lib.save(mngr, step, state, meta, data_iterator, teacher_to_save, force=step == stop)
+      preempted = self.watch.reached(mngr, step)
+      ckpt_lib.save(
+        mngr, step, state, meta, data_iterator, teacher_to_save, force=step == stop or preempted
+      )
+      if preempted:
+        mngr.wait_until_finished()
+        mngr.close()
+        raise Preempted(step)
       if step < stop:
         batch = _global_batch(next(data_iterator), mesh)
     return state

@@ -117,10 +117,26 @@ def test_sharding_by_process():
       src, 5, seed=0, repeat=False, process_index=p, process_count=2, with_strings=True
     )
     seen.append([k for batch in it for k in keys(batch)])
-  assert [len(s) for s in seen] == [5, 5]  # 11 // 2 each: equal step counts
-  assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(10))
-  with pytest.raises(ValueError, match="fewer than batch_size=6"):
+  assert [len(s) for s in seen] == [5, 5]  # one global batch of 10: equal step counts
+  assert not set(seen[0]) & set(seen[1]) and len(set(seen[0]) | set(seen[1])) == 10
+  with pytest.raises(ValueError, match="fewer than batch_size=6 x 2"):
     make_iterator(src, 6, process_index=0, process_count=2)
+
+
+def test_global_batches_do_not_depend_on_the_process_count():
+  src = SyntheticSource(
+    num_examples=13, latent_shape=(1, 2, 2, 3), image_shape=(2, 4), text_shape=(3, 4)
+  )
+  one = make_iterator(src, 4, seed=5, process_index=0, process_count=1, with_strings=True)
+  two = [
+    make_iterator(src, 2, seed=5, process_index=p, process_count=2, with_strings=True)
+    for p in range(2)
+  ]
+  for _ in range(7):  # crosses epoch boundaries (13 examples)
+    whole = next(one)
+    halves = [next(it) for it in two]
+    assert keys(whole) == keys(halves[0]) + keys(halves[1])
+    np.testing.assert_array_equal(whole["latents"], np.concatenate([h["latents"] for h in halves]))
 
 
 def test_iterator_state_round_trip(shard_dir):

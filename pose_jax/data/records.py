@@ -8,12 +8,16 @@ A dataset directory holds::
 
 The pipeline (grain ``MapDataset`` API)::
 
-  source -> [this process's slice] -> seed -> [shuffle] -> [repeat] -> decode
-         -> batch(per-process batch size, drop_remainder) -> + neg_text -> threads/prefetch
+  source -> seed -> [shuffle] -> [repeat] -> decode
+         -> batch(per-process batch size, drop_remainder) -> [batches i::n] -> + neg_text
+         -> threads/prefetch
 
-Every process sees a disjoint, equally long slice ``[i::n]`` of the first ``n * (len // n)``
-records, so all processes take the same number of steps. ``shuffle`` before ``repeat`` gives a
-new order each epoch (grain reseeds per epoch), deterministic given ``seed``. The iterator's
+All processes shuffle the same global order; process ``i`` of ``n`` takes every ``n``-th
+per-process batch starting at ``i``. So global batch ``k`` (the per-process batches of step
+``k`` in process order) is exactly batch ``k`` of a single process with ``n`` times the batch
+size: a run's data do not depend on how many hosts read them, and every process takes the same
+number of steps. ``shuffle`` before ``repeat`` gives a new order each epoch (grain reseeds per
+epoch), deterministic given ``seed``. The iterator's
 ``get_state()`` / ``set_state()`` (and ``grain.checkpoint.CheckpointSave/Restore`` in an orbax
 ``CheckpointManager``) resume it exactly. Batches are dicts of numpy arrays with a leading batch
 axis: ``latents cond image text text_mask neg_text``; ``caption`` / ``key`` (numpy str arrays)
@@ -257,27 +261,27 @@ def make_dataset(
   """
   src, neg_text = open_source(source)
   ds = grain.MapDataset.source(src)
-  if shard_by_process:
-    if process_index is None or process_count is None:
-      process_index, process_count = _process()
-    if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-    per_process = len(ds) // process_count
-    if per_process < batch_size:
-      raise ValueError(
-        f"{len(ds)} examples over {process_count} process(es) give {per_process} each, fewer "
-        f"than batch_size={batch_size}"
-      )
-    ds = ds[: per_process * process_count][process_index::process_count]
-  elif len(ds) < batch_size:
-    raise ValueError(f"{len(ds)} examples, fewer than batch_size={batch_size}")
+  process_index, process_count = (0, 1) if not shard_by_process else (process_index, process_count)
+  if process_index is None or process_count is None:
+    process_index, process_count = _process()
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+  global_batch = batch_size * process_count
+  if len(ds) < global_batch:
+    raise ValueError(
+      f"{len(ds)} examples, fewer than batch_size={batch_size} x {process_count} process(es)"
+    )
   ds = ds.seed(seed)
   if shuffle:
     ds = ds.shuffle()
   if repeat:
     ds = ds.repeat()
+  else:  # whole global batches only, so every process takes the same number of steps
+    ds = ds[: len(ds) // global_batch * global_batch]
   ds = ds.map(functools.partial(_to_example, with_strings=with_strings))
   ds = ds.batch(batch_size, drop_remainder=True)
+  if process_count > 1:
+    ds = ds[process_index::process_count]
   if neg_text is not None:
     ds = ds.map(functools.partial(_add_neg_text, neg_text=neg_text))
   out = ds.to_iter_dataset(

@@ -52,11 +52,11 @@ def build(cfg: WanConfig, knobs: PoseKnobs, seed: int = 0, mesh=None, abstract: 
   graphdefs, states = {}, {}
   for name, maker in make.items():
     filt = (LoRAParam,) if name == "lora" else ()
-    abstract = nnx.eval_shape(maker)
+    shapes = nnx.eval_shape(maker)
     if filt:
-      graphdef, _, _ = nnx.split(abstract, LoRAParam, ...)
+      graphdef, _, _ = nnx.split(shapes, LoRAParam, ...)
     else:
-      graphdef = nnx.graphdef(abstract)
+      graphdef = nnx.graphdef(shapes)
     graphdefs[name] = graphdef
 
     def init(maker=maker, filt=filt):
