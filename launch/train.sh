@@ -11,10 +11,12 @@ Usage: launch/train.sh --name=NAME --zone=ZONE --workdir=gs://BUCKET/PATH [optio
 
 Runs on every worker at once (gcloud compute tpus tpu-vm ssh NAME --worker=all):
   cd ~/pose_jax && nohup ~/pose_venv/bin/python -m pose_jax.main --config=CONFIG
-      --workdir=WORKDIR [--config.KEY=VALUE ...] >> ~/pose_logs/RUN.log 2>&1 &
+      --workdir=WORKDIR --distributed=on [--config.KEY=VALUE ...] >> ~/pose_logs/RUN.log 2>&1 &
 and returns; the pid is kept in ~/pose_logs/RUN.pid. Rerunning the same command resumes the run
 from the latest checkpoint in WORKDIR (refused on a worker where RUN is still running: --stop
-first). No coordinator flags are passed: on TPU VMs JAX finds the other hosts itself.
+first). No coordinator flags are passed: --distributed=on lets jax.distributed.initialize()
+find the other hosts of the TPU VM itself. --stop sends SIGTERM: the trainer finishes its step,
+checkpoints and exits 0, like on a maintenance event.
 
 Required:
   --name=NAME          TPU name
@@ -129,7 +131,7 @@ if ((STOP)); then
   REMOTE="if $ALIVE; then kill \"\$(cat $PID)\" && echo \"stopped $RUN_NAME on \$(hostname)\";"
   REMOTE+=" else echo \"$RUN_NAME is not running on \$(hostname)\"; fi"
 else
-  TRAIN=(-m pose_jax.main --config="$CONFIG" --workdir="$WORKDIR")
+  TRAIN=(-m pose_jax.main --config="$CONFIG" --workdir="$WORKDIR" --distributed=on)
   TRAIN+=(${OVERRIDES[@]+"${OVERRIDES[@]}"})
   REMOTE="set -e; mkdir -p $REMOTE_LOGS; cd $REMOTE_DIR"
   REMOTE+="; if $ALIVE; then echo \"$RUN_NAME is already running on \$(hostname)"

@@ -634,6 +634,7 @@ def test_setup_train_logs_stop_on_an_emulated_worker(env, tmp_path):
     "pose_jax.main",
     "--config=configs/wan_i2v.py:480p",
     "--workdir=gs://my-bucket/runs/pose480",
+    "--distributed=on",
     override,
   ]
   assert log.read_text().count("=== ") == 2
