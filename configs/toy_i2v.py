@@ -78,5 +78,8 @@ def get_config(arg=None):
 
   c.eval = ml_collections.ConfigDict()
   c.eval.teacher_steps = 20  # Euler steps (with CFG) of the teacher baseline in the final report
+  c.eval.every = 0  # sample videos + metrics every N steps (0: at the end of each phase only)
+  c.eval.fps = 8
+  c.eval.pipeline = ""  # real data: a diffusers Wan pipeline folder whose VAE decodes samples
 
   return c

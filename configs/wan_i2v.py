@@ -70,4 +70,7 @@ def get_config(arg=None):
 
   c.eval = ml_collections.ConfigDict()
   c.eval.teacher_steps = 50
+  c.eval.every = 250  # sample videos + metrics every N steps and at each phase end
+  c.eval.fps = 16
+  c.eval.pipeline = ""  # a diffusers Wan2.1 I2V folder: its VAE decodes the eval samples
   return c

@@ -69,6 +69,30 @@ def _data(config, workdir: str):
   return iterator, eval_batch
 
 
+def _eval_sampler(config, eval_batch):
+  """Sample videos + proxy metrics at eval steps: toy codec for toy data, the Wan VAE of
+  ``config.eval.pipeline`` for real data (none without it)."""
+  if eval_batch is None:
+    return None
+  from pose_jax import eval_samples
+
+  if config.data.kind == "toy":
+    decode = eval_samples.toy_decoder()
+  elif config.eval.pipeline:
+    decode = eval_samples.vae_decoder(config.eval.pipeline)
+  else:
+    print("eval: no config.eval.pipeline (a diffusers folder with the VAE): no sample videos")
+    return None
+  return eval_samples.EvalSampler(
+    _WORKDIR.value,
+    eval_batch,
+    decode,
+    config_lib.wan_config(config.model),
+    config.eval.every,
+    fps=config.eval.fps,
+  )
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -79,7 +103,7 @@ def main(argv) -> None:
 
   iterator, eval_batch = _data(config, _WORKDIR.value)
   try:
-    result = train.run(config, _WORKDIR.value, iterator)
+    result = train.run(config, _WORKDIR.value, iterator, _eval_sampler(config, eval_batch))
   except train.Preempted as e:
     print(e, flush=True)
     raise SystemExit(0) from None

@@ -162,9 +162,10 @@ class MetricWriter:
       self.tb.close()
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, data_iterator) -> RunResult:
+def run(config: ml_collections.ConfigDict, workdir: str, data_iterator, evaluate=None) -> RunResult:
   """Trains per ``config``; ``data_iterator`` yields per-process batch dicts (numpy) and is
-  checkpointable (grain ``DatasetIterator``)."""
+  checkpointable (grain ``DatasetIterator``). ``evaluate`` (an ``eval_samples.EvalSampler``:
+  ``due(step, stop)``, ``(step, state) -> metrics``) runs at eval steps; its metrics are logged."""
   # --- mesh ------------------------------------------------------------------------------------
   knobs = PoseKnobs.from_config(config.pose)
   cfg = config_lib.wan_config(config.model)
@@ -216,7 +217,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, data_iterator) -> RunRe
   # --- loop over phases ------------------------------------------------------------------------
   loop = _Loop(
     config, knobs, models, mesh, mngr, MetricWriter(workdir, config.train.get("tensorboard", True)),
-    data_iterator, PreemptionWatch(), init_opt, total, teacher_trained_here,
+    data_iterator, PreemptionWatch(), init_opt, total, teacher_trained_here, evaluate,
   )  # fmt: skip
   try:
     state, teacher = loop.run_phases(plan, state, teacher, meta)
@@ -255,6 +256,7 @@ class _Loop:
   init_opt: Callable  # (phase, params) -> fresh optimizer state
   total: int
   teacher_trained_here: bool
+  evaluate: Callable | None = None
 
   def run_phases(self, plan, state, teacher, meta):
     """Runs ``plan`` from ``meta['phase_index']``; returns ``(state, teacher)``."""
@@ -309,6 +311,12 @@ class _Loop:
           f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()) if k.startswith("loss")
         )
         print(f"[{phase}] step {step}/{stop} {rate:.2f} steps/s eta {eta:.0f}s {shown}", flush=True)
+      if self.evaluate is not None and self.evaluate.due(step, stop):
+        scores = self.evaluate(step, state)
+        writer.write(step, scores)
+        shown = " ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in scores.items()
+                         if k.endswith(("psnr", "magnitude_px", "flicker")))  # fmt: skip
+        print(f"[{phase}] eval step {step}: {shown}", flush=True)
       if int(state.bad_steps) >= config.train.max_bad_steps:
         mngr.wait_until_finished()
         raise NonFiniteError(

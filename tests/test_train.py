@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pose_jax import checkpoint as ckpt_lib
-from pose_jax import train
+from pose_jax import train, video_io
 from pose_jax.data import records
 from tests.test_main import ROOT, _load
 
@@ -105,6 +105,11 @@ def test_full_run_logs_phases_and_tensorboard(full_run):
   assert "student_1_step" in out
   tags = _tensorboard_tags(workdir)
   assert {"loss", "loss/flow", "loss/dmd", "loss/d", "grad_norm/student"} <= tags, tags
+  # Sample videos + proxy metrics at each phase end (eval.every = 0).
+  assert "eval/student/first_frame_psnr" in tags and "eval/ema/flicker" in tags, tags
+  assert sorted(os.listdir(workdir / "samples")) == ["step_4", "step_6", "step_8"]
+  video = video_io.read_mp4(str(workdir / "samples" / "step_8" / "student_0.mp4"))
+  assert video.shape == (9, 32, 32, 3) and video.std() > 1  # 9 frames of toy clip, not blank
 
 
 @pytest.mark.slow
