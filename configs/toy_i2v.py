@@ -52,7 +52,7 @@ def get_config(arg=None):
     eps=1e-8,
     weight_decay=0.0,
   )
-  c.optim.student = dict(group)
+  c.optim.student = dict(group, lr_by_phase=dict(pretrain=1e-3, priming=1e-3, equilibrium=1e-3))
   c.optim.lora = dict(group)
   c.optim.head = dict(group, lr=1e-3)
   c.optim.freeze = ()

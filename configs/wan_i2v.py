@@ -4,8 +4,9 @@
     --config.ckpt.init_from=gs://BUCKET/teachers/wan21_i2v_14b  --config.data.path=/data/shards
 
 Steps and learning rates follow the paper (second-hand: ~500 priming steps at 1e-6, ~1000
-equilibrium steps at 2e-6). The mesh and remat defaults are provisional until the TPU
-ahead-of-time compile table (TPU issue) picks them.
+equilibrium steps at 2e-6). Mesh, micro-batches and remat come from the TPU ahead-of-time
+compile table (README; ``python -m pose_jax.compile --config=configs/wan_i2v.py:720p
+--topology=v5p-64``): change them together with the slice.
 """
 
 import ml_collections
@@ -14,6 +15,11 @@ from pose_jax.pose.knobs import PoseKnobs
 
 # height, width, flow shift (Wan: 3.0 at 480p, 5.0 at 720p)
 SIZES = {"480p": (480, 832, 3.0), "720p": (720, 1280, 5.0)}
+# Mesh (data, fsdp, context, tensor) and micro-batches per variant, from the TPU ahead-of-time
+# compile table in the README (v5p-64, batch 64, remat full, splash): 480p fits with FSDP over
+# the slice (peak 89.9 of 95.7 GiB); 720p needs 2-way context parallelism and 4 micro-batches
+# (81.8 GiB; FSDP alone plans 173 GiB of temporaries).
+LAYOUT = {"480p": ((1, -1, 1, 1), 1), "720p": ((1, -1, 2, 1), 4)}
 
 
 def get_config(arg=None):
@@ -34,7 +40,7 @@ def get_config(arg=None):
   c.model.scan_layers = True
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (1, -1, 1, 1)  # FSDP over the whole slice
+  c.mesh.shape, micro_batches = LAYOUT[variant]  # -1: FSDP over the rest of the slice
 
   c.pose = PoseKnobs.config_section(phases=("priming", "equilibrium"), steps=(500, 1000),
                                     flow_shift=shift)  # fmt: skip
@@ -42,14 +48,14 @@ def get_config(arg=None):
   c.optim = ml_collections.ConfigDict()
   group = dict(lr=1e-6, warmup_steps=50, decay="constant", final_frac=0.0, clip=1.0, b1=0.9,
                b2=0.999, eps=1e-8, weight_decay=0.0)  # fmt: skip
-  c.optim.student = dict(group)
+  c.optim.student = dict(group, lr_by_phase=dict(priming=1e-6, equilibrium=2e-6))
   c.optim.lora = dict(group, lr=1e-5)
   c.optim.head = dict(group, lr=2e-6)
   c.optim.freeze = ()
 
   c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 64  # global; one clip per chip on a 64-chip slice
-  c.train.micro_batches = 1
+  c.train.batch_size = 64  # global; 2 clips per chip on v5p-64 (32 chips)
+  c.train.micro_batches = micro_batches
   c.train.log_every = 10
   c.train.max_bad_steps = 10
 

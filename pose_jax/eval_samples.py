@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from pose_jax import evaluators, sampling, video_io
 from pose_jax.models.wan import WanTransformer
@@ -89,7 +90,8 @@ class EvalSampler:
   def __call__(self, step: int, state) -> dict[str, float]:
     metrics = {}
     for name, params in (("student", state.params["student"]), ("ema", state.ema)):
-      video = _to_unit(self.decode(np.asarray(self._sample(params))))
+      latents = multihost_utils.process_allgather(self._sample(params), tiled=True)
+      video = _to_unit(self.decode(np.asarray(latents)))
       scores = evaluators.evaluate(video, self.image, fps=self.fps)
       metrics.update({f"eval/{name}/{k}": v for k, v in scores.items()})
       if jax.process_index() == 0:

@@ -5,10 +5,10 @@ LoRA on the frozen teacher), ``head`` (the discriminator head) and, only with
 ``pose.d_backbone=trainable_copy``, ``backbone`` (the discriminator's own DiT). Each phase trains
 some of them; the rest, and every path matching ``optim.freeze`` regexes, get the label
 ``frozen`` (``optax.set_to_zero``: no update, no state). Each trained label has its own
-learning-rate schedule, gradient clipping and AdamW weight decay (``config.optim.<group>``;
-``backbone`` falls back to ``head``'s settings when ``config.optim.backbone`` is absent). The
-optimizer state is created fresh at the start of each phase (the paper's phases use different
-lrs).
+learning-rate schedule (``lr``, or per phase ``lr_by_phase``), gradient clipping and AdamW weight
+decay (``config.optim.<group>``; ``backbone`` falls back to ``head``'s settings when
+``config.optim.backbone`` is absent). The optimizer state is created fresh at the start of each
+phase (the paper's phases use different lrs).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 
 import jax
+import ml_collections
 import optax
 
 GROUPS = ("student", "lora", "head", "backbone")
@@ -91,6 +92,18 @@ def group_transform(c, total_steps: int) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
+def _for_phase(c, phase: str, group: str):
+  """``c`` with ``lr`` taken from the optional ``lr_by_phase`` mapping (e.g. the paper's 1e-6
+  in priming and 2e-6 in equilibrium for the same student)."""
+  by_phase = dict(c.get("lr_by_phase") or {})
+  unknown = sorted(set(by_phase) - set(TRAINED))
+  if unknown:
+    raise ValueError(f"config.optim.{group}.lr_by_phase: unknown phases {unknown}")
+  c = dict(c)
+  c["lr"] = by_phase.get(phase, c["lr"])
+  return ml_collections.ConfigDict(c)
+
+
 def make_optimizer(optim, phase: str, total_steps: int, knobs=None) -> optax.GradientTransformation:
   """The phase's optimizer over the full trainable tree (``{student, lora, head[, backbone]}``)."""
   trained_groups(phase, knobs)  # validates the phase
@@ -99,6 +112,6 @@ def make_optimizer(optim, phase: str, total_steps: int, knobs=None) -> optax.Gra
     settings = optim.get(group) or (optim.head if group == "backbone" else None)
     if settings is None:
       raise ValueError(f"config.optim.{group} is missing")
-    transforms[group] = group_transform(settings, total_steps)
+    transforms[group] = group_transform(_for_phase(settings, phase, group), total_steps)
   freeze = tuple(optim.get("freeze", ()))
   return optax.multi_transform(transforms, lambda params: labels(params, phase, freeze, knobs))

@@ -59,6 +59,22 @@ def euler_times(steps: int, shift: float, num_train_timesteps: int = 1000) -> np
   return np.append(timesteps.shift(sigmas, shift).astype(np.float32), np.float32(0.0))
 
 
+def guided_velocity(graphdef, params, cond, text, image, cfg: float = 1.0, neg_text=None):
+  """``v(x, t)`` of the teacher with classifier-free guidance ``v_u + cfg (v_c - v_u)`` (one DiT
+  call when ``cfg == 1``, two otherwise; ``neg_text``: the negative prompt's tokens)."""
+  if cfg != 1.0 and neg_text is None:
+    raise ValueError("CFG needs the negative-prompt text tokens")
+
+  def v(x, t):
+    v_c = velocity(graphdef, params, x, t, cond, text, image)
+    if cfg == 1.0:
+      return v_c
+    v_u = velocity(graphdef, params, x, t, cond, neg_text, image)
+    return v_u + cfg * (v_c - v_u)
+
+  return v
+
+
 def teacher_euler(
   graphdef,
   params,
@@ -73,14 +89,9 @@ def teacher_euler(
   neg_text=None,
 ):
   """Flow-matching Euler: ``x <- x + (t_next - t) v``, CFG ``v_u + cfg (v_c - v_u)``."""
-  if cfg != 1.0 and neg_text is None:
-    raise ValueError("CFG needs the negative-prompt text tokens")
+  v = guided_velocity(graphdef, params, cond, text, image, cfg, neg_text)
   times = euler_times(steps, shift)
   x = noise
   for t, t_next in zip(times[:-1], times[1:]):
-    v = velocity(graphdef, params, x, t, cond, text, image)
-    if cfg != 1.0:
-      v_u = velocity(graphdef, params, x, t, cond, neg_text, image)
-      v = v_u + cfg * (v - v_u)
-    x = x + (t_next - t) * v
+    x = x + (t_next - t) * v(x, t)
   return x

@@ -27,7 +27,7 @@ from flax import nnx
 from pose_jax.optim import trained_groups
 from pose_jax.pose import losses, timesteps
 from pose_jax.pose.knobs import PoseKnobs
-from pose_jax.sampling import dit_forward
+from pose_jax.sampling import dit_forward, guided_velocity
 
 sg = jax.lax.stop_gradient
 
@@ -60,11 +60,11 @@ def _dit(graphdef, states, x, t, batch, text=None, taps=()):
 
 
 def _cfg_velocity(models, teacher, x, t, batch, scale):
-  v = _dit(models.dit, (teacher,), x, t, batch)
-  if scale == 1.0:
-    return v
-  v_uncond = _dit(models.dit, (teacher,), x, t, batch, text=batch["neg_text"])
-  return v_uncond + scale * (v - v_uncond)
+  v = guided_velocity(
+    models.dit, (teacher,), batch.get("cond"), batch["text"], batch.get("image"), scale,
+    batch.get("neg_text"),
+  )  # fmt: skip
+  return v(x, t)
 
 
 def _noise_times(knobs: PoseKnobs, key, batch_size):
@@ -238,6 +238,15 @@ def init_state(tx, teacher, lora, head, knobs: PoseKnobs, seed: int = 0) -> Trai
 
 
 # --- the fused step ---------------------------------------------------------------------------
+def jit_step(step_fn: Callable, state) -> Callable:
+  """``jax.jit`` of a step with the state donated and returned in the shardings it came in
+  (live arrays or ``ShapeDtypeStruct``s): the trainer feeds the returned state back into the
+  same compiled executable, and XLA's propagation alone may pick other shardings for some
+  leaves (seen for small biases and the head when compiling the 14B steps for TPU)."""
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(shardings, None))
+
+
 def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)

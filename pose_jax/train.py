@@ -277,7 +277,7 @@ class _Loop:
       step_fn = steps.make_step(
         phase, self.knobs, self.models, tx, start, stop - start, self.config.train.micro_batches
       )
-      jitted = jax.jit(step_fn, donate_argnums=(0,))
+      jitted = steps.jit_step(step_fn, state)
       with shd.use_mesh(mesh):
         batch = _global_batch(next(self.data), mesh)
         t0 = time.perf_counter()

@@ -174,14 +174,5 @@ def teacher_unipc(
 ):
   """The Wan2.1 teacher sampled with UniPC (order 2), CFG ``v_u + cfg (v_c - v_u)`` as in
   ``sampling.teacher_euler`` (two DiT calls per step when ``cfg != 1``)."""
-  if cfg != 1.0 and neg_text is None:
-    raise ValueError("CFG needs the negative-prompt text tokens")
-
-  def velocity_fn(x, t):
-    v = sampling.velocity(graphdef, params, x, t, cond, text, image)
-    if cfg != 1.0:
-      v_u = sampling.velocity(graphdef, params, x, t, cond, neg_text, image)
-      v = v_u + cfg * (v - v_u)
-    return v
-
+  velocity_fn = sampling.guided_velocity(graphdef, params, cond, text, image, cfg, neg_text)
   return unipc_sample(velocity_fn, noise, steps=steps, shift=shift)

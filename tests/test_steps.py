@@ -281,3 +281,13 @@ def test_sharded_step_equals_unsharded(setup):
   # that coordinate by a visible fraction of one lr-sized step, so compare at 5% of lr.
   for a, r in zip(jax.tree.leaves(out_state.params), jax.tree.leaves(ref_state.params)):
     np.testing.assert_allclose(a, r, rtol=0, atol=5e-5)
+
+
+def test_lr_by_phase_overrides_the_group_lr():
+  c = _optim_config(1e-3)
+  c.student.lr_by_phase = {"equilibrium": 2e-4}
+  assert optim._for_phase(c.student, "equilibrium", "student").lr == 2e-4
+  assert optim._for_phase(c.student, "priming", "student").lr == 1e-3
+  c.student.lr_by_phase = {"equilibrum": 2e-4}
+  with pytest.raises(ValueError, match=r"student.lr_by_phase: unknown phases \['equilibrum'\]"):
+    optim.make_optimizer(c, "priming", 3)

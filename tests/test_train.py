@@ -61,7 +61,9 @@ def _trace(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       rec = json.loads(line)
-      per_step[rec["step"]] = rec  # a resumed run rewrites the steps after its checkpoint
+      # Train and eval records of a step merge; a resumed run rewrites the steps after its
+      # checkpoint.
+      per_step.setdefault(rec["step"], {}).update(rec)
   return per_step
 
 
