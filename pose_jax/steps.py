@@ -81,13 +81,23 @@ def _noise_times(knobs: PoseKnobs, key, batch_size):
 
 
 # --- losses per phase -------------------------------------------------------------------------
+def _drop_text(batch, key, p: float):
+  """``text`` replaced by the negative prompt's tokens in a fraction ``p`` of the samples (the
+  condition dropout that makes a teacher's unconditional branch, and so CFG, meaningful)."""
+  if not p or batch.get("neg_text") is None:
+    return batch["text"]
+  drop = jax.random.bernoulli(key, p, (batch["text"].shape[0], 1, 1))
+  return jnp.where(drop, batch["neg_text"].astype(batch["text"].dtype), batch["text"])
+
+
 def pretrain_loss(params, teacher, batch, key, models, knobs, frac):
   del teacher, frac
   x = batch["latents"]
-  ke, kt = jax.random.split(key)
+  ke, kt, kd = jax.random.split(key, 3)
   eps = jax.random.normal(ke, x.shape, x.dtype)
   t = timesteps.sample(kt, x.shape[0], "uniform", flow_shift=knobs.flow_shift)
-  v = _dit(models.dit, (params["student"],), timesteps.add_noise(x, eps, t), t, batch)
+  text = _drop_text(batch, kd, knobs.text_dropout)
+  v = _dit(models.dit, (params["student"],), timesteps.add_noise(x, eps, t), t, batch, text)
   loss = losses.flow_matching(v, x, eps)
   return loss, {"loss/flow": loss}
 

@@ -291,3 +291,13 @@ def test_lr_by_phase_overrides_the_group_lr():
   c.student.lr_by_phase = {"equilibrum": 2e-4}
   with pytest.raises(ValueError, match=r"student.lr_by_phase: unknown phases \['equilibrum'\]"):
     optim.make_optimizer(c, "priming", 3)
+
+
+def test_text_dropout_swaps_whole_prompts_for_the_negative_one():
+  b = 64
+  batch = {"text": jnp.ones((b, 3, 4)), "neg_text": jnp.zeros((b, 3, 4))}
+  text = steps._drop_text(batch, jax.random.key(0), 0.25)
+  per_sample = np.asarray(text).reshape(b, -1)
+  assert set(np.unique(per_sample.mean(axis=1))) == {0.0, 1.0}  # whole prompts, never mixed
+  assert 5 < int((per_sample[:, 0] == 0).sum()) < 30  # ~16 of 64 dropped
+  assert steps._drop_text(batch, jax.random.key(0), 0.0) is batch["text"]

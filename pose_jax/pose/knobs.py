@@ -18,6 +18,9 @@ class PoseKnobs:
   phases: tuple[str, ...] = ("priming", "equilibrium")
   steps: tuple[int, ...] = (500, 1000)  # one entry per phase
   flow_shift: float = 3.0  # teacher/fake time shift (Wan: 3.0 at 480p, 5.0 at 720p)
+  # Pretrain (making a small teacher): text -> negative prompt in this fraction of samples, so
+  # that the teacher's CFG (cfg_real, cons_cfg) has a trained unconditional branch.
+  text_dropout: float = 0.1
   # Phase I (priming): DMD / VSD near the noise end.
   s_lo: float = 0.9  # generator input time s ~ U[s_lo, 1]
   s_lo_end: float | None = None  # curriculum: s_lo moves linearly to this over the phase
@@ -63,6 +66,8 @@ class PoseKnobs:
       problems.append(f"s_lo: {self.s_lo} must be in [0, 1)")
     if not 0.0 < self.ema_decay < 1.0:
       problems.append(f"ema_decay: {self.ema_decay} must be in (0, 1)")
+    if not 0.0 <= self.text_dropout < 1.0:
+      problems.append(f"text_dropout: {self.text_dropout} must be in [0, 1)")
     if self.fake_updates_per_step < 1:
       problems.append(f"fake_updates_per_step: {self.fake_updates_per_step} must be >= 1")
     if self.lora_rank < 1:
