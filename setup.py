@@ -27,6 +27,7 @@ TEST = [
   *TORCH,
   "pytest",
   "pytest-xdist",
+  "filelock",
   "ruff==0.17.6",
 ]
 

@@ -21,3 +21,12 @@ def pytest_configure(config):
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def toy_reference_run(tmp_path_factory, worker_id):
+  """The uninterrupted toy run the end-to-end tests compare with, made once per session."""
+  from tests import toy_runs
+
+  base = tmp_path_factory.getbasetemp()
+  return toy_runs.reference_run(base if worker_id == "master" else base.parent)
