@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -23,7 +24,14 @@ DEVICES = 8  # the reference run: one process, 8 devices
 
 
 def start(workdir, devices=DEVICES, process_id=0, num_processes=1, port=0):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    # The runs compile the same step programs: share them through JAX's persistent cache.
+    JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), "pose_jax_tests_jax_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   cmd = [sys.executable, "-m", "pose_jax.main", f"--workdir={workdir}", *SMALL]
   if num_processes > 1:
     cmd += [f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}",
