@@ -39,7 +39,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pose_jax import sampling
+from pose_jax import sampling, unipc
 from pose_jax import sharding as shd
 from pose_jax.conditioning import (
   WAN_480P_AREA,
@@ -211,14 +211,6 @@ def load_dit(
 
 
 # --- jitted pieces --------------------------------------------------------------------------
-def _unipc():
-  try:
-    from pose_jax import unipc
-  except ImportError as e:
-    raise NotImplementedError("scheduler='unipc' needs pose_jax/unipc.py (teacher_unipc)") from e
-  return unipc
-
-
 @functools.partial(
   jax.jit, static_argnums=(0,), static_argnames=("mode", "scheduler", "steps", "shift", "cfg")
 )
@@ -226,7 +218,7 @@ def _sample(graphdef, params, noise, cond, text, image, neg_text, key, *, mode, 
             shift, cfg):  # fmt: skip
   if mode == "student":
     return sampling.student(graphdef, params, noise, cond, text, image, steps=steps, key=key)
-  fn = sampling.teacher_euler if scheduler == "euler" else _unipc().teacher_unipc
+  fn = sampling.teacher_euler if scheduler == "euler" else unipc.teacher_unipc
   return fn(
     graphdef, params, noise, cond, text, image, steps=steps, shift=shift, cfg=cfg,
     neg_text=neg_text if cfg != 1.0 else None,
