@@ -30,3 +30,6 @@ def toy_reference_run(tmp_path_factory, worker_id):
 
   base = tmp_path_factory.getbasetemp()
   return toy_runs.reference_run(base if worker_id == "master" else base.parent)
+
+
+from tests.launch_env import env  # noqa: E402, F401  (the launch/*.sh tests' fixture)
