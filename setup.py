@@ -14,7 +14,7 @@ CORE = [
   "safetensors==0.8.0",
   "tensorboardX==2.6.5",
   "numpy>=2.0",
-  # Data: toy clips (skimage.data photos) and video decoding for pose_jax.prepare.
+  # Data: toy clips (skimage.data photos) and video decoding for pose_jax.data.prepare.
   "scikit-image>=0.24",
   "av>=14",
   # Tokenizers for prompt encoding (no torch needed): transformers' tokenizer classes + ftfy.

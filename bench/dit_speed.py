@@ -50,7 +50,7 @@ def main():
 
   from pose_jax.convert.wan_diffusers import load_transformer
   from pose_jax.models.wan import preset
-  from tests.wan_torch import inputs, torch_wan
+  from tests.helpers.torch_refs import inputs, torch_wan
 
   torch.set_num_threads(threads)
   cfg = preset("i2v_14b", **CONFIG)
@@ -76,7 +76,7 @@ def main():
   )
 
   fwd = jax.jit(lambda p: nnx.merge(graphdef, p)(x, t, txt, img))
-  loss = lambda p: jnp.mean(jnp.square(nnx.merge(graphdef, p)(x, t, txt, img)))  # noqa: E731
+  loss = lambda p: jnp.mean(jnp.square(nnx.merge(graphdef, p)(x, t, txt, img)))
   fwdbwd = jax.jit(jax.value_and_grad(loss))
 
   def jax_fwd():

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from flax import nnx
 
-from tests.wan_torch import rel_err  # ROOT is on sys.path (bench/parity_report.py puts it there)
+from tests.helpers.torch_refs import (
+  rel_err,  # ROOT is on sys.path (bench/parity_report.py puts it there)
+)
 
 
 def row(module, reference, inputs, err, bound, bf16=None, detail=None):
@@ -41,8 +43,8 @@ def dit_rows(tmp: str) -> list[dict]:
 
   from pose_jax.convert.wan_diffusers import load_transformer
   from pose_jax.models.wan import preset
-  from tests.test_wan_parity import _j, _torch_forward, gradient_errors
-  from tests.wan_torch import inputs, to_channels_first, to_jax_args, torch_wan
+  from tests.helpers.torch_refs import inputs, to_channels_first, to_jax_args, torch_wan
+  from tests.models.test_wan_parity import _j, _torch_forward, gradient_errors
 
   rows = []
   for name in ("tiny", "tiny_t2v"):
@@ -105,7 +107,7 @@ VAE_SHAPES = [(1, 32, 32), (5, 32, 32), (9, 32, 32), (5, 24, 40)]
 def vae_rows(tmp: str) -> list[dict]:
   from pose_jax.convert.wan_vae import load_vae
   from pose_jax.models.wan.vae import WanVAE, preset
-  from tests.test_wan_vae import BF16_BOUND, TOL, Oracle, _cf, _cl, _rel, _torch_vae
+  from tests.models.test_wan_vae import BF16_BOUND, TOL, Oracle, _cf, _cl, _rel, _torch_vae
 
   tm = _torch_vae(preset("tiny"))
   path = os.path.join(tmp, "wan_vae")
@@ -167,7 +169,7 @@ def clip_rows(tmp: str) -> list[dict]:
 
   from pose_jax.convert.encoders import load_clip_vision
   from pose_jax.models.encoders.image_preprocess import preprocess
-  from tests.test_clip_vision import pixels, torch_clip, torch_outputs
+  from tests.models.test_clip_vision import pixels, torch_clip, torch_outputs
 
   rows = []
   for act in ("gelu", "quick_gelu"):
@@ -246,8 +248,8 @@ def umt5_rows(tmp: str) -> list[dict]:
 
   from pose_jax.convert.encoders import load_umt5
   from pose_jax.models.encoders.tokenizer import encode_prompts, load_tokenizer
+  from tests.models.test_umt5 import batch, torch_forward, torch_umt5
   from tests.test_conditioning import _tokenizer  # the same WordLevel vocab as test_umt5
-  from tests.test_umt5 import batch, torch_forward, torch_umt5
 
   tm = torch_umt5()
   path = os.path.join(tmp, "umt5")

@@ -49,7 +49,7 @@ def build(layers: int):
   from pose_jax.models.encoders import CLIPVisionConfig, CLIPVisionEncoder, UMT5Config, UMT5Encoder
   from pose_jax.models.wan import WanTransformer, preset
   from pose_jax.models.wan.vae import WanVAE, WanVAEConfig
-  from pose_jax.pipeline import I2VPipeline
+  from pose_jax.sampling.pipeline import I2VPipeline
   from tests.test_conditioning import _tokenizer
 
   rngs = nnx.Rngs(0)

@@ -42,15 +42,25 @@ def main():
   import jax.numpy as jnp
   import ml_collections
 
-  from pose_jax import optim, steps
   from pose_jax.models.wan import preset
   from pose_jax.pose import models as pose_models
-  from pose_jax.pose.knobs import PoseKnobs
+  from pose_jax.pose.config import PoseConfig
+  from pose_jax.training import optim, steps
+  from pose_jax.training import state as state_lib
 
-  group = dict(lr=1e-4, warmup_steps=0, decay="constant", final_frac=0.0, clip=1.0, b1=0.9,
-               b2=0.99, eps=1e-8, weight_decay=0.0)  # fmt: skip
+  group = dict(
+    lr=1e-4,
+    warmup_steps=0,
+    decay="constant",
+    final_frac=0.0,
+    clip=1.0,
+    b1=0.9,
+    b2=0.99,
+    eps=1e-8,
+    weight_decay=0.0,
+  )
   optim_cfg = ml_collections.ConfigDict({g: dict(group) for g in optim.GROUPS})
-  knobs = PoseKnobs(lora_rank=4, d_width=64, d_heads=2, d_num_queries=4, steps=(10, 10))
+  knobs = PoseConfig(lora_rank=4, d_width=64, d_heads=2, d_num_queries=4, steps=(10, 10))
   results = []
   for name in args.configs.split(","):
     model_kw, batch_size, (t, h, w) = SIZES[name]
@@ -67,7 +77,7 @@ def main():
     )
     for phase in ("pretrain", "priming", "equilibrium"):
       tx = optim.make_optimizer(optim_cfg, phase, 10, knobs)
-      state = steps.init_state(tx, teacher, lora, head, knobs, seed=1)
+      state = state_lib.init_state(tx, teacher, lora, head, knobs, seed=1)
       fn = jax.jit(steps.make_step(phase, knobs, models, tx, 0, 10), donate_argnums=(0,))
       t0 = time.perf_counter()
       compiled = fn.lower(state, teacher, batch).compile()
@@ -81,12 +91,17 @@ def main():
       jax.block_until_ready(m)
       rate = args.steps / (time.perf_counter() - t0)
       row = dict(
-        config=name, phase=phase, params=int(sum(x.size for x in jax.tree.leaves(teacher))),
-        batch=batch_size, latent=[t, h, w], compile_s=round(compile_s, 2),
-        steps_per_s=round(rate, 3), argument_mib=round(mem.argument_size_in_bytes / 2**20, 1),
+        config=name,
+        phase=phase,
+        params=int(sum(x.size for x in jax.tree.leaves(teacher))),
+        batch=batch_size,
+        latent=[t, h, w],
+        compile_s=round(compile_s, 2),
+        steps_per_s=round(rate, 3),
+        argument_mib=round(mem.argument_size_in_bytes / 2**20, 1),
         output_mib=round(mem.output_size_in_bytes / 2**20, 1),
         temp_mib=round(mem.temp_size_in_bytes / 2**20, 1),
-      )  # fmt: skip
+      )
       print(row, flush=True)
       results.append(row)
   devices = f"{jax.device_count()} x {jax.devices()[0].platform}"

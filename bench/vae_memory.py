@@ -38,10 +38,10 @@ def compiled_memory(kind: str, frames: int, height: int, width: int, dtype: str 
   s = cfg.spatial_factor
   if kind == "decode":
     arg = jax.ShapeDtypeStruct((1, frames, height // s, width // s, cfg.z_dim), jnp.float32)
-    fn = lambda st, z: nnx.merge(graphdef, st).decode(z)  # noqa: E731
+    fn = lambda st, z: nnx.merge(graphdef, st).decode(z)
   else:
     arg = jax.ShapeDtypeStruct((1, frames, height, width, 3), jnp.float32)
-    fn = lambda st, x: nnx.merge(graphdef, st).encode(x)  # noqa: E731
+    fn = lambda st, x: nnx.merge(graphdef, st).encode(x)
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(state, arg).compile()
   seconds = time.perf_counter() - t0

@@ -10,7 +10,7 @@ the adversarial equilibrium; the result samples in one step.
 
 import ml_collections
 
-from pose_jax.pose.knobs import PoseKnobs
+from pose_jax.pose.config import PoseConfig
 
 
 def get_config(arg=None):
@@ -30,7 +30,7 @@ def get_config(arg=None):
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1, 1)  # (data, fsdp, context, tensor); -1 takes the remaining devices
 
-  c.pose = PoseKnobs.config_section(
+  c.pose = PoseConfig.config_section(
     phases=("pretrain", "priming", "equilibrium"),
     steps=(300, 60, 120),
     cfg_real=3.0,

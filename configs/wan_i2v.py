@@ -5,13 +5,13 @@
 
 Steps and learning rates follow the paper (second-hand: ~500 priming steps at 1e-6, ~1000
 equilibrium steps at 2e-6). Mesh, micro-batches and remat come from the TPU ahead-of-time
-compile table (README; ``python -m pose_jax.compile --config=configs/wan_i2v.py:720p
+compile table (README; ``python -m pose_jax.aot --config=configs/wan_i2v.py:720p
 --topology=v5p-64``): change them together with the slice.
 """
 
 import ml_collections
 
-from pose_jax.pose.knobs import PoseKnobs
+from pose_jax.pose.config import PoseConfig
 
 # height, width, flow shift (Wan: 3.0 at 480p, 5.0 at 720p)
 SIZES = {"480p": (480, 832, 3.0), "720p": (720, 1280, 5.0)}
@@ -42,12 +42,22 @@ def get_config(arg=None):
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape, micro_batches = LAYOUT[variant]  # -1: FSDP over the rest of the slice
 
-  c.pose = PoseKnobs.config_section(phases=("priming", "equilibrium"), steps=(500, 1000),
-                                    flow_shift=shift)  # fmt: skip
+  c.pose = PoseConfig.config_section(
+    phases=("priming", "equilibrium"), steps=(500, 1000), flow_shift=shift
+  )
 
   c.optim = ml_collections.ConfigDict()
-  group = dict(lr=1e-6, warmup_steps=50, decay="constant", final_frac=0.0, clip=1.0, b1=0.9,
-               b2=0.999, eps=1e-8, weight_decay=0.0)  # fmt: skip
+  group = dict(
+    lr=1e-6,
+    warmup_steps=50,
+    decay="constant",
+    final_frac=0.0,
+    clip=1.0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+  )
   c.optim.student = dict(group, lr_by_phase=dict(priming=1e-6, equilibrium=2e-6))
   c.optim.lora = dict(group, lr=1e-5)
   c.optim.head = dict(group, lr=2e-6)
@@ -67,7 +77,7 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict()
   c.data.kind = "records"
-  c.data.path = ""  # ArrayRecord shards from python -m pose_jax.prepare
+  c.data.path = ""  # ArrayRecord shards from python -m pose_jax.data.prepare
   c.data.eval_path = ""
   c.data.frames = 81
   c.data.height = height

@@ -36,7 +36,8 @@ from einops import rearrange
 from flax import nnx
 
 from pose_jax.convert.encoders import load_clip_vision, load_umt5
-from pose_jax.convert.safetensors_io import CheckpointError, read_config
+from pose_jax.convert.errors import CheckpointError
+from pose_jax.convert.safetensors_io import read_config
 from pose_jax.convert.wan_vae import load_vae
 from pose_jax.models.encoders import CLIPVisionConfig, CLIPVisionEncoder, UMT5Config, UMT5Encoder
 from pose_jax.models.encoders.image_preprocess import preprocess
@@ -53,8 +54,13 @@ MAX_SEQUENCE_LENGTH = 512  # the I2V DiT splits [image ; text] context at 512 te
 WAN_480P_AREA = 480 * 832
 RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "attention")
 # CLIPImageProcessor settings that image_preprocess.preprocess implements (resample 3 = bicubic).
-_CLIP_RECIPE = {"do_resize": True, "do_center_crop": True, "do_rescale": True,
-                "do_normalize": True, "resample": 3}  # fmt: skip
+_CLIP_RECIPE = {
+  "do_resize": True,
+  "do_center_crop": True,
+  "do_rescale": True,
+  "do_normalize": True,
+  "resample": 3,
+}
 
 
 # --- pure helpers ---------------------------------------------------------------------------

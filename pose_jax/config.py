@@ -7,7 +7,7 @@ import ml_collections
 from pose_jax import sharding as shd
 from pose_jax.models.wan import WanConfig, preset
 from pose_jax.models.wan.config import PRESETS
-from pose_jax.pose.knobs import PoseKnobs
+from pose_jax.pose.config import PoseConfig
 
 VAE_TEMPORAL = 4
 DATA_KINDS = ("toy", "records")
@@ -42,7 +42,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   if cfg.num_heads % mesh["tensor"]:
     _fail("mesh.shape", f"tensor={mesh['tensor']} does not divide num_heads={cfg.num_heads}")
   try:
-    knobs = PoseKnobs.from_config(config.pose)
+    knobs = PoseConfig.from_config(config.pose)
   except (TypeError, ValueError) as e:
     _fail("pose", str(e))
   if max(knobs.d_layers, default=0) >= cfg.num_layers:

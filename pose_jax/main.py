@@ -41,8 +41,11 @@ def _init_distributed() -> None:
     )
   else:
     jax.distributed.initialize()  # cluster auto-detection (TPU VM metadata, SLURM, ...)
-  print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local "
-        f"of {jax.device_count()} devices", flush=True)  # fmt: skip
+  print(
+    f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local "
+    f"of {jax.device_count()} devices",
+    flush=True,
+  )
 
 
 def _data(config, workdir: str):
@@ -74,16 +77,16 @@ def _eval_sampler(config, eval_batch):
   ``config.eval.pipeline`` for real data (none without it)."""
   if eval_batch is None:
     return None
-  from pose_jax import eval_samples
+  from pose_jax.training import evals
 
   if config.data.kind == "toy":
-    decode = eval_samples.toy_decoder()
+    decode = evals.toy_decoder()
   elif config.eval.pipeline:
-    decode = eval_samples.vae_decoder(config.eval.pipeline)
+    decode = evals.vae_decoder(config.eval.pipeline)
   else:
     print("eval: no config.eval.pipeline (a diffusers folder with the VAE): no sample videos")
     return None
-  return eval_samples.EvalSampler(
+  return evals.EvalSampler(
     _WORKDIR.value,
     eval_batch,
     decode,
@@ -99,7 +102,7 @@ def main(argv) -> None:
   _init_distributed()
   config = _CONFIG.value
   config_lib.validate(config, jax.device_count(), jax.process_count())
-  from pose_jax import train  # noqa: PLC0415  (keeps --help fast)
+  from pose_jax.training import train  # here: keeps --help fast
 
   iterator, eval_batch = _data(config, _WORKDIR.value)
   try:
@@ -108,7 +111,7 @@ def main(argv) -> None:
     print(e, flush=True)
     raise SystemExit(0) from None
   if eval_batch is not None and config.data.kind == "toy":
-    from pose_jax import toy_eval
+    from pose_jax.training import toy_eval
 
     report = toy_eval.report(
       result.models,

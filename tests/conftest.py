@@ -7,9 +7,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import numpy as np
+import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -26,10 +26,10 @@ def rng():
 @pytest.fixture(scope="session")
 def toy_reference_run(tmp_path_factory, worker_id):
   """The uninterrupted toy run the end-to-end tests compare with, made once per session."""
-  from tests import toy_runs
+  from tests.helpers import toy_runs
 
   base = tmp_path_factory.getbasetemp()
   return toy_runs.reference_run(base if worker_id == "master" else base.parent)
 
 
-from tests.launch_env import env  # noqa: E402, F401  (the launch/*.sh tests' fixture)
+from tests.helpers.launch_env import env  # noqa: E402, F401  (the launch/*.sh tests' fixture)

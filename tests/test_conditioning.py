@@ -25,7 +25,7 @@ from pose_jax.conditioning import (
   load_pipeline_transformer,
   resize_for_vae,
 )
-from pose_jax.convert.safetensors_io import CheckpointError
+from pose_jax.convert.errors import CheckpointError
 
 WORDS = "a cat dog runs on the beach at sunset & red blue car city night rain".split()
 Z, CLIP_DIM, TEXT_DIM = 4, 24, 32
@@ -66,26 +66,50 @@ def tiny_pipeline(seed: int = 0):
   torch.manual_seed(seed)
   text_encoder = transformers.UMT5EncoderModel(
     transformers.UMT5Config(
-      vocab_size=100, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-      relative_attention_num_buckets=8, relative_attention_max_distance=16,
+      vocab_size=100,
+      d_model=TEXT_DIM,
+      d_kv=8,
+      d_ff=64,
+      num_layers=2,
+      num_heads=4,
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
     )
-  )  # fmt: skip
+  )
   image_encoder = transformers.CLIPVisionModel(
     transformers.CLIPVisionConfig(
-      hidden_size=CLIP_DIM, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
-      image_size=32, patch_size=8,
+      hidden_size=CLIP_DIM,
+      intermediate_size=48,
+      num_hidden_layers=3,
+      num_attention_heads=2,
+      image_size=32,
+      patch_size=8,
     )
-  )  # fmt: skip
+  )
   vae = AutoencoderKLWan(
-    base_dim=8, z_dim=Z, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
-    temperal_downsample=[False, True, True], dropout=0.0,
-    latents_mean=torch.randn(Z).tolist(), latents_std=(0.5 + torch.rand(Z)).tolist(),
-  )  # fmt: skip
+    base_dim=8,
+    z_dim=Z,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],
+    dropout=0.0,
+    latents_mean=torch.randn(Z).tolist(),
+    latents_std=(0.5 + torch.rand(Z)).tolist(),
+  )
   transformer = WanTransformer3DModel(
-    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=2 * Z + 4,
-    out_channels=Z, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=1,
-    image_dim=CLIP_DIM, added_kv_proj_dim=32,
-  )  # fmt: skip
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=2 * Z + 4,
+    out_channels=Z,
+    text_dim=TEXT_DIM,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=1,
+    image_dim=CLIP_DIM,
+    added_kv_proj_dim=32,
+  )
   return WanImageToVideoPipeline(
     tokenizer=_tokenizer(),
     text_encoder=_perturb(text_encoder),
@@ -126,9 +150,18 @@ def pipeline_reference(pipe, image, prompts, negative, frames, height, width):
     image_tokens = pipe.encode_image(pil, cpu).repeat(len(prompts), 1, 1)
     pixels = pipe.video_processor.preprocess(pil, height=height, width=width).to(cpu, torch.float32)
     _, cond = pipe.prepare_latents(
-      pixels, len(prompts), Z, height, width, frames, torch.float32, cpu,
-      torch.Generator().manual_seed(0), None, None,
-    )  # fmt: skip
+      pixels,
+      len(prompts),
+      Z,
+      height,
+      width,
+      frames,
+      torch.float32,
+      cpu,
+      torch.Generator().manual_seed(0),
+      None,
+      None,
+    )
   return {
     "cond": cond.numpy().transpose(0, 2, 3, 4, 1),
     "image_tokens": image_tokens.numpy(),

@@ -9,8 +9,7 @@ import pytest
 from ml_collections import config_flags  # noqa: F401  (loads configs the way main does)
 
 from pose_jax import config as config_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 
 def _load(name, arg=None):

@@ -18,16 +18,15 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import argparse
+import re
+import sys
+import time
 
-from etils import epath  # noqa: E402
+from etils import epath
 
-from pose_jax.convert.safetensors_io import CheckpointError  # noqa: E402
-from pose_jax.models.wan import PRESETS, WanConfig  # noqa: E402
+from pose_jax.convert.configs import load_config
+from pose_jax.convert.errors import CheckpointError
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20}
 _UNITS.update({"GIB": 2**30, "TB": 10**12})
@@ -39,21 +38,6 @@ def parse_size(text: str) -> int:
   if not m or m.group(2).upper() not in _UNITS:
     raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MiB, 1234)")
   return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def load_config(spec: str | None) -> WanConfig | None:
-  """A preset name or the path of a diffusers ``config.json``."""
-  if spec is None:
-    return None
-  if spec in PRESETS:
-    return PRESETS[spec]
-  try:
-    with open(spec) as f:
-      return WanConfig.from_diffusers(json.load(f))
-  except (OSError, json.JSONDecodeError, KeyError) as e:
-    raise CheckpointError(
-      f"--config={spec}: not a preset {sorted(PRESETS)} nor a config ({e})"
-    ) from e
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,7 +49,8 @@ from jax.sharding import Mesh
 
 from pose_jax import sharding as shd
 from pose_jax.convert import strict
-from pose_jax.convert.safetensors_io import CheckpointError, SafetensorsReader, read_config
+from pose_jax.convert.errors import CheckpointError
+from pose_jax.convert.safetensors_io import SafetensorsReader, read_config
 from pose_jax.models.encoders import clip_vision, umt5
 from pose_jax.models.encoders.clip_vision import CLIPVisionConfig, CLIPVisionEncoder
 from pose_jax.models.encoders.umt5 import UMT5Config, UMT5Encoder

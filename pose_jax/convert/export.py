@@ -30,7 +30,7 @@ from etils import epath
 from tqdm import tqdm
 
 from pose_jax.convert import importer, orbax_io, wan_diffusers, wan_original
-from pose_jax.convert.safetensors_io import CheckpointError
+from pose_jax.convert.errors import CheckpointError
 from pose_jax.models.wan import WanConfig
 
 WEIGHTS = "diffusion_pytorch_model"

@@ -25,7 +25,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from pose_jax.convert import orbax_io, strict, wan_diffusers, wan_original
-from pose_jax.convert.safetensors_io import CheckpointError, SafetensorsReader, read_config
+from pose_jax.convert.errors import CheckpointError
+from pose_jax.convert.safetensors_io import SafetensorsReader, read_config
 from pose_jax.models.wan import WanConfig, WanTransformer
 
 ST_DTYPES = {

@@ -36,7 +36,7 @@ from orbax.checkpoint._src.serialization import ocdbt_utils
 from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
 from pose_jax import sharding as shd
-from pose_jax.convert.safetensors_io import CheckpointError
+from pose_jax.convert.errors import CheckpointError
 from pose_jax.models.layers import LoRAParam
 from pose_jax.models.wan import WanConfig, WanTransformer
 

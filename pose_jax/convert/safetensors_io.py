@@ -15,9 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 from safetensors import safe_open
 
-
-class CheckpointError(ValueError):
-  """A checkpoint on disk is missing, corrupt, or does not match the model."""
+from pose_jax.convert.errors import CheckpointError
 
 
 def read_config(path: str, name: str = "config.json") -> dict:

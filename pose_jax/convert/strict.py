@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from pose_jax.convert.safetensors_io import CheckpointError
+from pose_jax.convert.errors import CheckpointError
 
 Path = tuple[str, ...]
 

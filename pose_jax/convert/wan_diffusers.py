@@ -18,7 +18,8 @@ import numpy as np
 from flax import nnx
 
 from pose_jax.convert import strict
-from pose_jax.convert.safetensors_io import CheckpointError, SafetensorsReader, read_config
+from pose_jax.convert.errors import CheckpointError
+from pose_jax.convert.safetensors_io import SafetensorsReader, read_config
 from pose_jax.models.layers import LoRAParam
 from pose_jax.models.wan import WanConfig, WanTransformer
 
@@ -51,7 +52,7 @@ def key_map(key: str) -> strict.Target | None:
   if len(parts) >= 3 and parts[-3] == "to_out" and parts[-2] == "0":
     parts = parts[:-3] + ["to_out", parts[-1]]
   module, leaf = parts[:-1], parts[-1]
-  identity = lambda w: w  # noqa: E731
+  identity = lambda w: w
   if key == "patch_embedding.weight":
     return strict.Target(("patch_embedding", "kernel"), None, _conv_to_dense)
   if leaf == "weight" and module and not module[-1].startswith("norm"):

@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 
 from pose_jax.convert import strict
-from pose_jax.convert.safetensors_io import CheckpointError, SafetensorsReader, read_config
+from pose_jax.convert.errors import CheckpointError
+from pose_jax.convert.safetensors_io import SafetensorsReader, read_config
 from pose_jax.models.wan.vae import WanVAE, WanVAEConfig, preset
 
 # --- diffusers key -> our parameter ---------------------------------------------------------
@@ -73,11 +74,19 @@ def key_map(key: str) -> strict.Target | None:
 # --- original Wan2.1 key -> diffusers key ---------------------------------------------------
 
 # Inside a ResidualBlock: Sequential(RMS_norm, SiLU, CausalConv3d, RMS_norm, SiLU, Dropout, conv).
-_RESIDUAL = {"residual.0": "norm1", "residual.2": "conv1", "residual.3": "norm2",
-             "residual.6": "conv2", "shortcut": "conv_shortcut"}  # fmt: skip
+_RESIDUAL = {
+  "residual.0": "norm1",
+  "residual.2": "conv1",
+  "residual.3": "norm2",
+  "residual.6": "conv2",
+  "shortcut": "conv_shortcut",
+}
 # Encoder3d / Decoder3d heads and middles; WanVAE_'s conv1/conv2 are the (post-)quant convs.
-_MIDDLE = {"middle.0": "mid_block.resnets.0", "middle.1": "mid_block.attentions.0",
-           "middle.2": "mid_block.resnets.1"}  # fmt: skip
+_MIDDLE = {
+  "middle.0": "mid_block.resnets.0",
+  "middle.1": "mid_block.attentions.0",
+  "middle.2": "mid_block.resnets.1",
+}
 _HEAD = {"head.0": "norm_out", "head.2": "conv_out", "conv1": "conv_in"}
 _TOP = {"conv1": "quant_conv", "conv2": "post_quant_conv"}
 

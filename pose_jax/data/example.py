@@ -108,7 +108,7 @@ def decode_example(data: bytes) -> dict[str, Any]:
   try:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
       example = {k: npz[k] for k in npz.files}
-  except Exception as e:  # noqa: BLE001 - any parse failure is a bad record
+  except Exception as e:  # any parse failure is a bad record
     raise ExampleError(f"record is not an np.savez archive ({len(data)} bytes): {e}") from e
   return validate(example)
 

@@ -269,16 +269,34 @@ def build_dataset(
     text, mask = enc.encode_text(captions)
     image = enc.encode_image(np.stack([c[2][0] for c in clips]))
     examples = (
-      {"latents": latents[i], "cond": cond[i], "image": image[i], "text": text[i],
-       "text_mask": mask[i], "caption": captions[i], "key": clips[i][0]}
+      {
+        "latents": latents[i],
+        "cond": cond[i],
+        "image": image[i],
+        "text": text[i],
+        "text_mask": mask[i],
+        "caption": captions[i],
+        "key": clips[i][0],
+      }
       for i in range(len(clips))
-    )  # fmt: skip
+    )
     metas[split] = write_dataset(
-      os.path.join(out_dir, split), examples, shard_size, neg_text=neg_text,
-      codec="toy", size=size, frames=frames, photos=photos, moves=list(MOVES), seed=seed,
-      text_length=enc.text_length, in_channels=3 + MASK_CHANNELS + 3, out_channels=3,
-      image_dim=int(image.shape[-1]), text_dim=int(text.shape[-1]),
-    )  # fmt: skip
+      os.path.join(out_dir, split),
+      examples,
+      shard_size,
+      neg_text=neg_text,
+      codec="toy",
+      size=size,
+      frames=frames,
+      photos=photos,
+      moves=list(MOVES),
+      seed=seed,
+      text_length=enc.text_length,
+      in_channels=3 + MASK_CHANNELS + 3,
+      out_channels=3,
+      image_dim=int(image.shape[-1]),
+      text_dim=int(text.shape[-1]),
+    )
   return metas
 
 

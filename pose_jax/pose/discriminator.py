@@ -33,7 +33,7 @@ class _Attention(nnx.Module):
     self.heads = heads
 
   def __call__(self, x, context):
-    split = lambda a: rearrange(a, "b l (n k) -> b l n k", n=self.heads)  # noqa: E731
+    split = lambda a: rearrange(a, "b l (n k) -> b l n k", n=self.heads)
     out = dot_product_attention(
       split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
     )

@@ -8,18 +8,30 @@ copy of the DiT ever exists; the LoRA model's base weights are never materialise
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 from flax import nnx
 
 from pose_jax import sharding as shd
 from pose_jax.models.layers import LoRAParam
 from pose_jax.models.wan import WanConfig, WanTransformer
+from pose_jax.pose.config import PoseConfig
 from pose_jax.pose.discriminator import SemanticHead, default_taps
-from pose_jax.pose.knobs import PoseKnobs
-from pose_jax.steps import Models
 
 
-def _makers(cfg: WanConfig, knobs: PoseKnobs, seed: int):
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """Static graphdefs (hashable) plus the tapped blocks of the discriminator backbone."""
+
+  dit: Any  # WanTransformer graphdef (no LoRA): G, R, E
+  dit_lora: Any  # WanTransformer graphdef with LoRA: F (merge(dit_lora, lora, base))
+  head: Any  # SemanticHead graphdef
+  taps: tuple[int, ...]
+
+
+def _makers(cfg: WanConfig, knobs: PoseConfig, seed: int):
   taps = tuple(knobs.d_layers) or default_taps(cfg.num_layers, min(4, cfg.num_layers))
   lora_cfg = cfg.replace(lora_rank=knobs.lora_rank, lora_alpha=knobs.lora_alpha)
   return taps, dict(
@@ -39,7 +51,7 @@ def _makers(cfg: WanConfig, knobs: PoseKnobs, seed: int):
   )
 
 
-def build(cfg: WanConfig, knobs: PoseKnobs, seed: int = 0, mesh=None, abstract: bool = False):
+def build(cfg: WanConfig, knobs: PoseConfig, seed: int = 0, mesh=None, abstract: bool = False):
   """``(models, teacher, lora, head)``: graphdefs and freshly initialised States.
 
   With ``mesh``, the States are created directly in their shardings (abstract first). With

@@ -1,0 +1,263 @@
+"""Encode real clips into training shards with the Wan I2V conditioning stack.
+
+  python -m pose_jax.data.prepare --videos='clips/*.mp4,more/*.webm' --captions=captions.jsonl \
+      --pipeline=Wan2.1-I2V-14B-480P-Diffusers --out=data/train [--frames=81 --height=480 ...]
+
+Captions: JSON lines ``{"video": "name.mp4", "caption": "..."}``, matched on the video file's
+base name. Each clip (PyAV: the first ``frames`` frames, or frames resampled to ``--fps``) is
+resized to cover ``height x width`` and centre-cropped, then:
+
+  latents  = normalise(VAE posterior mean of the clip)      (pipeline's latent normalisation)
+  cond, image, text = ConditioningStack.encode(first frame, caption)
+  text_mask = the tokenizer's attention mask (512 tokens)
+
+and written as one example (:mod:`pose_jax.data.example`) to ArrayRecord shards in ``--out``,
+with ``meta.json`` and ``neg_text.npy`` (the ``--negative_prompt``, empty by default as in
+diffusers). Videos that cannot be read, are too short, have no caption or fail to encode are
+skipped, counted and listed: printed at the end and in ``<out>/summary.json``; the job goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from pose_jax.data.records import ShardWriter
+
+SKIP_REASONS = ("unreadable", "too_short", "no_caption", "encode_failed")
+
+
+class ClipError(Exception):
+  """A clip that is skipped; ``reason`` is one of :data:`SKIP_REASONS`."""
+
+  def __init__(self, reason: str, detail: str):
+    super().__init__(f"{reason}: {detail}")
+    self.reason, self.detail = reason, detail
+
+
+# --- inputs -----------------------------------------------------------------------------------
+def read_captions(path: str) -> dict[str, str]:
+  """JSON lines ``{"video": ..., "caption": ...}`` -> ``{video base name: caption}``."""
+  out = {}
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        out[os.path.basename(row["video"])] = str(row["caption"])
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{n}: expected {{'video': ..., 'caption': ...}}: {e}") from e
+  return out
+
+
+def find_videos(patterns: Sequence[str]) -> list[str]:
+  """Sorted, de-duplicated matches of the glob patterns."""
+  return sorted({p for pattern in patterns for p in glob.glob(pattern)})
+
+
+def _cover_size(w0: int, h0: int, width: int, height: int) -> tuple[int, int]:
+  scale = max(width / w0, height / h0)
+  return max(width, round(w0 * scale)), max(height, round(h0 * scale))
+
+
+def read_clip(path: str, frames: int, height: int, width: int, fps: float = 0.0) -> np.ndarray:
+  """uint8 ``[frames, height, width, 3]``: resized to cover (Lanczos), centre-cropped.
+
+  ``fps > 0`` picks frame ``round(i * native_fps / fps)`` for i = 0, 1, ...; otherwise the
+  first ``frames`` frames. Raises :class:`ClipError` (unreadable / too_short).
+  """
+  import av
+
+  try:
+    with av.open(path) as container:
+      if not container.streams.video:
+        raise ClipError("unreadable", "no video stream")
+      stream = container.streams.video[0]
+      stream.thread_type = "AUTO"
+      wanted = list(range(frames))
+      if fps > 0:
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+          raise ClipError("unreadable", "unknown frame rate (needed for --fps)")
+        wanted = [round(i * float(rate) / fps) for i in range(frames)]
+      out, index = [], 0
+      for frame in container.decode(stream):
+        while len(out) < frames and wanted[len(out)] == index:
+          w, h = _cover_size(frame.width, frame.height, width, height)
+          rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="LANCZOS")
+          arr = rgb.to_ndarray()
+          top, left = (h - height) // 2, (w - width) // 2
+          out.append(arr[top : top + height, left : left + width])
+        if len(out) == frames:
+          break
+        index += 1
+  except ClipError:
+    raise
+  except Exception as e:  # PyAV / FFmpeg raise many kinds; all mean unreadable
+    raise ClipError("unreadable", f"{type(e).__name__}: {e}") from e
+  if len(out) < frames:
+    raise ClipError("too_short", f"{len(out)} of {frames} frames (fps={fps or 'native'})")
+  return np.stack(out)
+
+
+# --- encoding ---------------------------------------------------------------------------------
+@nnx.jit
+def video_latents(vae, video: jax.Array) -> jax.Array:
+  """Video ``[B, T, H, W, 3]`` in [-1, 1] -> normalised posterior mean ``[B, N, h, w, Z]``, as
+  the pipeline's ``prepare_latents`` treats its condition video (``sample_mode="argmax"``)."""
+  mean, _ = vae.encode(video)
+  return vae.normalize_latents(mean)
+
+
+def encode_clip(stack, clip: np.ndarray, caption: str, key: str) -> dict[str, Any]:
+  """One example from a uint8 clip ``[T, H, W, 3]`` and its caption."""
+  from pose_jax.conditioning import MAX_SEQUENCE_LENGTH
+  from pose_jax.models.encoders.tokenizer import tokenize
+
+  t, h, w, _ = clip.shape
+  video = jnp.asarray(clip[None].astype(np.float32) / 127.5 - 1.0)
+  c = stack.encode(clip[0], caption, num_frames=t, height=h, width=w)
+  _, mask = tokenize(stack.tokenizer, [caption], MAX_SEQUENCE_LENGTH)
+  return {
+    "latents": np.asarray(video_latents(stack.vae, video)[0]),
+    "cond": np.asarray(c.cond[0]),
+    "image": np.asarray(c.image_tokens[0]),
+    "text": np.asarray(c.text_tokens[0]),
+    "text_mask": mask[0],
+    "caption": caption,
+    "key": key,
+  }
+
+
+def prepare(
+  videos: Sequence[str],
+  captions: Mapping[str, str],
+  out_dir: str,
+  stack: Any,
+  *,
+  frames: int = 81,
+  height: int = 480,
+  width: int = 832,
+  fps: float = 0.0,
+  shard_size: int = 64,
+  negative_prompt: str = "",
+  compress: bool = True,
+  float_dtype: str = "float32",
+) -> dict[str, Any]:
+  """Encodes ``videos`` into shards in ``out_dir``; returns (and writes) the summary.
+
+  ``stack`` is a :class:`pose_jax.conditioning.ConditioningStack` or a pipeline folder. A bad
+  size raises ValueError before anything is read; a bad clip is skipped, never raised.
+  """
+  from pose_jax.conditioning import ConditioningStack, check_video_size
+
+  if isinstance(stack, str):
+    stack = ConditioningStack.from_pretrained(stack)
+  check_video_size(frames, height, width, stack.mod_value)
+  writer = ShardWriter(out_dir, shard_size, compress=compress, float_dtype=float_dtype)
+  skipped: dict[str, dict[str, str]] = {}
+  for i, path in enumerate(videos):
+    name = os.path.basename(path)
+    try:
+      if name not in captions:
+        raise ClipError("no_caption", f"{name} is not in the captions file")
+      clip = read_clip(path, frames, height, width, fps)
+      try:
+        example = encode_clip(stack, clip, captions[name], key=name)
+      except Exception as e:  # one bad clip must not end the job
+        raise ClipError("encode_failed", f"{type(e).__name__}: {e}") from e
+      writer.write(example)
+      print(f"[{i + 1}/{len(videos)}] {name}: ok")
+    except ClipError as e:
+      skipped[path] = {"reason": e.reason, "detail": e.detail}
+      print(f"[{i + 1}/{len(videos)}] {name}: skipped ({e})")
+  neg_text = np.asarray(stack.encode_text([negative_prompt])[0])
+  meta = writer.close(
+    neg_text,
+    codec="wan_vae",
+    frames=frames,
+    height=height,
+    width=width,
+    fps=fps,
+    negative_prompt=negative_prompt,
+    text_length=int(neg_text.shape[0]),
+  )
+  matched = {os.path.basename(p) for p in videos}
+  summary = {
+    "written": writer.count,
+    "skipped": len(skipped),
+    "counts": {r: sum(s["reason"] == r for s in skipped.values()) for r in SKIP_REASONS},
+    "skipped_videos": skipped,
+    "captions_without_video": sorted(set(captions) - matched),
+    "shards": meta["shards"],
+  }
+  with open(os.path.join(out_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+  lines = [f"written {summary['written']} example(s) in {len(summary['shards'])} shard(s)"]
+  lines.append(
+    f"skipped {summary['skipped']}: " + ", ".join(f"{k}={v}" for k, v in summary["counts"].items())
+  )
+  lines += [f"  {p}: {s['reason']} ({s['detail']})" for p, s in summary["skipped_videos"].items()]
+  if summary["captions_without_video"]:
+    lines.append(f"captions without a video: {len(summary['captions_without_video'])}")
+  return "\n".join(lines)
+
+
+# --- CLI --------------------------------------------------------------------------------------
+_VIDEOS = flags.DEFINE_list("videos", None, "Comma-separated glob(s) of video files (mp4, webm).")
+_CAPTIONS = flags.DEFINE_string("captions", None, 'JSON lines {"video": name, "caption": text}.')
+_OUT = flags.DEFINE_string("out", None, "Output directory for shards, meta and summary.")
+_PIPELINE = flags.DEFINE_string("pipeline", None, "Diffusers WanImageToVideoPipeline folder.")
+_FRAMES = flags.DEFINE_integer("frames", 81, "Frames per clip (1 + 4k).")
+_HEIGHT = flags.DEFINE_integer("height", 480, "Clip height (multiple of 16).")
+_WIDTH = flags.DEFINE_integer("width", 832, "Clip width (multiple of 16).")
+_FPS = flags.DEFINE_float("fps", 0.0, "Resample clips to this frame rate (0: native frames).")
+_SHARD_SIZE = flags.DEFINE_integer("shard_size", 64, "Examples per ArrayRecord shard.")
+_NEGATIVE = flags.DEFINE_string("negative_prompt", "", "Prompt encoded as neg_text.")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Encoder compute dtype (float32, bfloat16).")
+_FLOAT_DTYPE = flags.DEFINE_enum(
+  "float_dtype", "float32", ["float32", "float16"], "Stored dtype of the float fields."
+)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from pose_jax.conditioning import ConditioningStack
+
+  videos = find_videos(_VIDEOS.value)
+  print(f"{len(videos)} video(s) match {_VIDEOS.value}")
+  stack = ConditioningStack.from_pretrained(_PIPELINE.value, dtype=_DTYPE.value)
+  summary = prepare(
+    videos,
+    read_captions(_CAPTIONS.value),
+    _OUT.value,
+    stack,
+    frames=_FRAMES.value,
+    height=_HEIGHT.value,
+    width=_WIDTH.value,
+    fps=_FPS.value,
+    shard_size=_SHARD_SIZE.value,
+    negative_prompt=_NEGATIVE.value,
+    float_dtype=_FLOAT_DTYPE.value,
+  )
+  print(format_summary(summary))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["videos", "captions", "out", "pipeline"])
+  app.run(main)

@@ -1,0 +1,343 @@
+"""Sample image-to-video clips with the one-step student (or the teacher) and write mp4s.
+
+  python -m pose_jax.sampling --pipeline=Wan2.1-I2V-14B-480P-Diffusers --ckpt=workdir/run \
+      --image=photo.jpg --prompt="a cat surfing" --out=video.mp4 [--strip=strip.png]
+      [--steps=1] [--seed=0] [--frames=81] [--size=480x832 | --max_area=399360]
+      [--teacher [--steps=50 --cfg=5.0 --scheduler=unipc|euler --shift=3.0]]
+      [--negative_prompt=...] [--prompts_file=FILE] [--which=student|ema] [--step=N]
+      [--mesh=(1,-1,1,1)] [--batch_size=1] [--dtype=float32|bfloat16]
+
+``--pipeline``: a diffusers ``WanImageToVideoPipeline`` folder (VAE, CLIP, UMT5, tokenizer and,
+without ``--ckpt``, the DiT). ``--ckpt``: a training workdir (its latest step, or ``--step``;
+``--which`` student or EMA weights), one step directory, or a model checkpoint from
+``python -m pose_jax.convert import``; omitted: the pipeline's own transformer (the teacher).
+A train step without a ``wan_config`` takes its architecture from ``--config`` (preset name or
+config.json), else from the pipeline's ``transformer/config.json``.
+
+Size: ``--size=HxW`` (multiples of 16) uses the image as it is (resized for the VAE like the
+diffusers pipeline); otherwise ``--max_area`` picks HxW with the image's aspect ratio and
+resizes the image first, as the Wan I2V example does. ``--frames`` must be 1 + 4k.
+
+Samplers: default the student (``--steps`` 1; k > 1 re-noises in between; no CFG). ``--teacher``:
+UniPC (default, as the Wan2.1 diffusers releases configure it) or flow-matching Euler with
+``--shift`` (default 50 steps, ``--cfg=5.0`` with ``--negative_prompt``, default empty as in
+diffusers).
+
+``--prompts_file``: one sample per line, ``image_path<TAB>prompt`` (image paths relative to the
+file; blank lines and lines starting with ``#`` are skipped). Outputs are numbered:
+``--out=v.mp4`` -> ``v_000.mp4, v_001.mp4, ...`` (and the same for ``--strip``). Samples of the
+same size are batched ``--batch_size`` at a time; sample i's noise is drawn from (seed, i), so it
+does not depend on the batching. ``--mesh``: DiT parameters sharded over a
+(data, fsdp, context, tensor) mesh, the batch split over data x fsdp.
+
+Videos are written with H.264 (libx264) when PyAV has it, else MPEG-4 Part 2, at ``--fps``.
+Bad flags, images, sizes and checkpoints exit with status 1 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from absl import flags
+
+FLAGS = flags.FlagValues()
+_d = dict(flag_values=FLAGS)
+flags.DEFINE_string("pipeline", None, "Diffusers WanImageToVideoPipeline folder.", **_d)
+_CKPT_HELP = "Train workdir, step dir or model checkpoint (default: the pipeline's own DiT)."
+flags.DEFINE_string("ckpt", None, _CKPT_HELP, **_d)
+flags.DEFINE_enum("which", "student", ["student", "ema"], "Workdir weights.", **_d)
+flags.DEFINE_string("step", "latest", "Workdir step: N or latest.", **_d)
+_CONFIG_HELP = (
+  "Architecture of a train step without wan_config: preset name or diffusers config.json "
+  "(default: the pipeline's transformer/config.json)."
+)
+flags.DEFINE_string("config", None, _CONFIG_HELP, **_d)
+flags.DEFINE_string("image", None, "Input image (first frame).", **_d)
+flags.DEFINE_string("prompt", None, "Text prompt.", **_d)
+flags.DEFINE_string("prompts_file", None, "Lines 'image_path<TAB>prompt' (batch).", **_d)
+flags.DEFINE_string("out", None, "Output .mp4 (numbered with --prompts_file).", **_d)
+flags.DEFINE_string("strip", None, "Also write a PNG strip of frames side by side.", **_d)
+flags.DEFINE_integer("strip_frames", 8, "Frames in the strip.", **_d)
+flags.DEFINE_integer("steps", None, "Sampling steps (default: 1 student, 50 teacher).", **_d)
+flags.DEFINE_integer("seed", 0, "Noise seed.", **_d)
+flags.DEFINE_integer("frames", 81, "Video frames (1 + 4k).", **_d)
+flags.DEFINE_string("size", None, "HxW, e.g. 480x832 (multiples of 16).", **_d)
+flags.DEFINE_integer("max_area", 480 * 832, "Pixel area when --size is not given.", **_d)
+flags.DEFINE_bool("teacher", False, "Sample with the teacher's multi-step solver.", **_d)
+flags.DEFINE_enum(
+  "scheduler",
+  "unipc",
+  ["unipc", "euler"],
+  "Teacher solver (UniPC: what the Wan2.1 diffusers releases ship).",
+  **_d,
+)
+flags.DEFINE_float("shift", 3.0, "Teacher time shift (3 at 480p, 5 at 720p).", **_d)
+flags.DEFINE_float("cfg", None, "Teacher guidance scale (default 5.0; student: 1).", **_d)
+flags.DEFINE_string("negative_prompt", None, "Teacher CFG negative prompt (default '').", **_d)
+flags.DEFINE_string(
+  "mesh", None, "Mesh shape (data, fsdp, context, tensor), e.g. (1,-1,1,1).", **_d
+)
+flags.DEFINE_integer("batch_size", 1, "Samples per DiT call (same size only).", **_d)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", **_d)
+flags.DEFINE_integer("fps", 16, "Frame rate of the mp4.", **_d)
+
+
+class FlagError(ValueError):
+  """A bad flag value; the message names the flag."""
+
+
+# --- flag checks (before any model is loaded) ----------------------------------------------
+def parse_size(text: str) -> tuple[int, int]:
+  parts = text.lower().replace(" ", "").split("x")
+  if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    raise FlagError(f"--size={text}: expected HxW, e.g. 480x832")
+  return int(parts[0]), int(parts[1])
+
+
+def parse_mesh(text: str) -> tuple[int, ...]:
+  try:
+    shape = ast.literal_eval(text.strip())
+    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+  except (ValueError, SyntaxError, TypeError) as e:
+    raise FlagError(f"--mesh={text}: expected 4 integers like (1,-1,1,1)") from e
+  if len(shape) != 4:
+    raise FlagError(f"--mesh={text}: needs 4 entries (data, fsdp, context, tensor)")
+  return shape
+
+
+def read_prompts_file(path: str) -> list[tuple[str, str]]:
+  """``[(image_path, prompt)]`` from ``image_path<TAB>prompt`` lines."""
+  if not os.path.isfile(path):
+    raise FlagError(f"--prompts_file={path}: no such file")
+  base = os.path.dirname(os.path.abspath(path))
+  items = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      line = line.rstrip("\n").rstrip("\r")
+      if not line.strip() or line.lstrip().startswith("#"):
+        continue
+      if "\t" not in line:
+        raise FlagError(f"--prompts_file={path}: line {n} is not 'image_path<TAB>prompt'")
+      image, prompt = line.split("\t", 1)
+      image = os.path.join(base, os.path.expanduser(image.strip()))
+      items.append((image, prompt.strip()))
+  if not items:
+    raise FlagError(f"--prompts_file={path}: no samples in it")
+  return items
+
+
+def pipeline_mod_value(folder: str) -> int:
+  """VAE stride x DiT patch from the folder's configs (without loading weights)."""
+  from pose_jax.convert.safetensors_io import read_config
+  from pose_jax.models.wan.vae import WanVAEConfig
+
+  vae = WanVAEConfig.from_diffusers(read_config(os.path.join(folder, "vae")))
+  patch = (1, 2, 2)
+  if os.path.isfile(os.path.join(folder, "transformer", "config.json")):
+    patch = read_config(os.path.join(folder, "transformer")).get("patch_size", patch)
+  return vae.spatial_factor * int(patch[1])
+
+
+def numbered(path: str, i: int, many: bool) -> str:
+  if not many:
+    return path
+  stem, ext = os.path.splitext(path)
+  return f"{stem}_{i:03d}{ext}"
+
+
+def check_flags(f) -> dict:
+  """Validated settings; raises FlagError naming the flag."""
+  from pose_jax.sampling.video_io import read_image
+
+  if not f.pipeline:
+    raise FlagError("--pipeline is required (a diffusers WanImageToVideoPipeline folder)")
+  if not os.path.isdir(f.pipeline):
+    raise FlagError(f"--pipeline={f.pipeline}: no such directory")
+  if not f.out:
+    raise FlagError("--out is required (an .mp4 path)")
+  if not f.out.lower().endswith(".mp4"):
+    raise FlagError(f"--out={f.out}: must end in .mp4")
+  if f.strip and not f.strip.lower().endswith(".png"):
+    raise FlagError(f"--strip={f.strip}: must end in .png")
+  if f.ckpt and not os.path.exists(f.ckpt) and "://" not in f.ckpt:
+    raise FlagError(f"--ckpt={f.ckpt}: no such checkpoint or workdir")
+  if f.prompts_file:
+    if f.image is not None or f.prompt is not None:
+      raise FlagError("--prompts_file replaces --image/--prompt; give one or the other")
+    items = read_prompts_file(f.prompts_file)
+  else:
+    missing = [n for n in ("image", "prompt") if getattr(f, n) is None]
+    if missing:
+      raise FlagError(f"--{missing[0]} is required (or --prompts_file)")
+    items = [(f.image, f.prompt)]
+  images = []
+  for path, _ in items:
+    try:
+      images.append(read_image(path))
+    except (FileNotFoundError, ValueError) as e:
+      raise FlagError(f"--{'prompts_file' if f.prompts_file else 'image'}: {e}") from e
+  mode = "teacher" if f.teacher else "student"
+  steps = f.steps if f.steps is not None else (50 if f.teacher else 1)
+  if steps < 1:
+    raise FlagError(f"--steps={steps}: must be at least 1")
+  cfg = f.cfg if f.cfg is not None else (5.0 if f.teacher else 1.0)
+  if not f.teacher:
+    if cfg != 1.0:
+      raise FlagError(f"--cfg={cfg}: the student takes no guidance (use --teacher)")
+    if f["scheduler"].present:
+      raise FlagError("--scheduler applies to --teacher sampling")
+  if f.frames < 1 or (f.frames - 1) % 4:
+    raise FlagError(f"--frames={f.frames}: must be 1 + 4k (1, 5, 9, ..., 81)")
+  mod = pipeline_mod_value(f.pipeline)
+  size = None
+  if f.size:
+    size = parse_size(f.size)
+    bad = [f"{n}={v}" for n, v in zip(("height", "width"), size) if v < mod or v % mod]
+    if bad:
+      raise FlagError(f"--size={f.size}: {', '.join(bad)} must be positive multiples of {mod}")
+  elif f.max_area < mod * mod:
+    raise FlagError(f"--max_area={f.max_area}: must be at least {mod}x{mod}")
+  if f.batch_size < 1:
+    raise FlagError(f"--batch_size={f.batch_size}: must be at least 1")
+  step = None if f.step == "latest" else f.step
+  if step is not None and not step.isdigit():
+    raise FlagError(f"--step={f.step}: expected an integer or latest")
+  return dict(
+    items=items,
+    images=images,
+    mode=mode,
+    steps=steps,
+    cfg=cfg,
+    size=size,
+    mod=mod,
+    scheduler=f.scheduler if f.teacher else "euler",
+    step=None if step is None else int(step),
+    mesh=parse_mesh(f.mesh) if f.mesh else None,
+  )
+
+
+# --- run --------------------------------------------------------------------------------------
+def run(f, s: dict) -> list[str]:
+  """Loads the models, samples every item, writes the files; returns the lines it printed."""
+  from pose_jax import sharding as shd
+  from pose_jax.conditioning import ConditioningStack
+  from pose_jax.convert.configs import load_config
+  from pose_jax.sampling.pipeline import I2VPipeline, fit_image, load_dit
+  from pose_jax.sampling.video_io import to_uint8, write_mp4, write_strip_png
+
+  log = []
+
+  def say(line: str) -> None:
+    print(line, flush=True)
+    log.append(line)
+
+  mesh = None
+  if s["mesh"] is not None:
+    try:
+      mesh = shd.make_mesh(s["mesh"])
+    except ValueError as e:
+      raise FlagError(f"--mesh={f.mesh}: {e}") from e
+  t0 = time.perf_counter()
+  stack = ConditioningStack.from_pretrained(f.pipeline, dtype=f.dtype)
+  model, what = load_dit(
+    f.ckpt,
+    f.pipeline,
+    which=f.which if f.ckpt else None,
+    step=s["step"] if f.ckpt else None,
+    config=load_config(f.config),
+    mesh=mesh,
+    dtype=f.dtype,
+  )
+  pipe = I2VPipeline.from_model(stack, model, mesh)
+  say(f"loaded {what} and {f.pipeline} in {time.perf_counter() - t0:.1f}s")
+  if not f.ckpt and not f.teacher:
+    say("note: no --ckpt: the pipeline's own (teacher) DiT with the student's one-step sampler")
+
+  # Per item: the image as the DiT sees it and the video size.
+  prepared = []
+  for image in s["images"]:
+    if s["size"] is not None:
+      prepared.append((image, *s["size"]))
+    else:
+      prepared.append(fit_image(image, f.max_area, s["mod"]))
+  groups: dict[tuple[int, int], list[int]] = {}
+  for i, (_, h, w) in enumerate(prepared):
+    groups.setdefault((h, w), []).append(i)
+  many = len(s["items"]) > 1
+  sampler = s["mode"] + (f" {f.scheduler}" if s["mode"] == "teacher" else "")
+  for (h, w), indices in groups.items():
+    for start in range(0, len(indices), f.batch_size):
+      idx = indices[start : start + f.batch_size]
+      shape = pipe.latent_shape(len(idx), f.frames, h, w)
+      noise = pipe.make_noise(shape, f.seed, idx)
+      t1 = time.perf_counter()
+      videos = pipe(
+        [prepared[i][0] for i in idx],
+        [s["items"][i][1] for i in idx],
+        num_frames=f.frames,
+        height=h,
+        width=w,
+        steps=s["steps"],
+        mode=s["mode"],
+        scheduler=s["scheduler"],
+        shift=f.shift,
+        cfg=s["cfg"],
+        negative_prompt=f.negative_prompt,
+        seed=f.seed,
+        noise=noise,
+      )
+      secs = time.perf_counter() - t1
+      for i, video in zip(idx, videos):
+        frames = to_uint8(video)
+        out = numbered(f.out, i, many)
+        codec = write_mp4(out, frames, fps=f.fps)
+        extra = ""
+        if f.strip:
+          write_strip_png(numbered(f.strip, i, many), frames, f.strip_frames)
+          extra = f", strip {numbered(f.strip, i, many)}"
+        say(
+          f"wrote {out}: {f.frames} frames {h}x{w} ({codec}, {f.fps} fps{extra}); "
+          f"{sampler} {s['steps']} step(s), batch of {len(idx)} in {secs:.1f}s"
+        )
+  return log
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """CLI entry point; returns the exit status (0 ok, 1 bad input or checkpoint)."""
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(__doc__ + "\nFlags:\n" + FLAGS.get_help())
+    return 0
+  FLAGS.unparse_flags()
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  if len(rest) > 1:
+    print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
+    return 1
+  from pose_jax.convert.errors import CheckpointError
+
+  try:
+    settings = check_flags(FLAGS)
+    run(FLAGS, settings)
+  except (
+    FlagError,
+    CheckpointError,
+    FileExistsError,
+    FileNotFoundError,
+    ValueError,
+    NotImplementedError,
+  ) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,58 @@
+"""Samplers on latents: the student's one-step (and k-step) generator and the teacher's
+flow-matching Euler baseline with time shift and CFG.
+
+``cond`` (I2V: 4 mask channels + condition latent) is concatenated to the noisy latent at every
+call, as the teacher pipeline does. Times are in [0, 1]; the DiT sees ``1000 t``.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from pose_jax.pose import timesteps
+from pose_jax.pose.velocity import dit_forward, guided_velocity
+
+
+def student(graphdef, params, noise, cond, text, image, steps: int = 1, key=None):
+  """``x0 = eps - G(eps, 1)``; with ``steps > 1``, re-noise to evenly spaced times and repeat."""
+  x0 = noise - dit_forward(graphdef, params, noise, 1.0, cond, text, image)
+  times = np.linspace(1.0, 0.0, steps + 1)[1:-1]
+  for i, t in enumerate(times):
+    if key is None:
+      raise ValueError("k-step student sampling needs a key for re-noising")
+    eps = jax.random.normal(jax.random.fold_in(key, i), noise.shape, noise.dtype)
+    x_t = (1.0 - t) * x0 + t * eps
+    x0 = x_t - t * dit_forward(graphdef, params, x_t, t, cond, text, image)
+  return x0
+
+
+def euler_times(steps: int, shift: float, num_train_timesteps: int = 1000) -> np.ndarray:
+  """``steps + 1`` times from 1 to 0, as diffusers' ``FlowMatchEulerDiscreteScheduler(shift)``
+  ``.set_timesteps(steps).sigmas``: linspace from 1 to the shifted smallest training sigma,
+  shifted again, then a final 0."""
+  sigma_min = float(timesteps.shift(np.float32(1.0 / num_train_timesteps), np.float32(shift)))
+  sigmas = np.linspace(1.0, sigma_min, steps)
+  return np.append(timesteps.shift(sigmas, shift).astype(np.float32), np.float32(0.0))
+
+
+def teacher_euler(
+  graphdef,
+  params,
+  noise,
+  cond,
+  text,
+  image,
+  *,
+  steps: int,
+  shift: float,
+  guidance_scale: float = 1.0,
+  neg_text=None,
+):
+  """Flow-matching Euler: ``x <- x + (t_next - t) v``, CFG ``v_u + guidance_scale (v_c - v_u)``."""
+  v = guided_velocity(graphdef, params, cond, text, image, guidance_scale, neg_text)
+  times = euler_times(steps, shift)
+  x = noise
+  for t, t_next in zip(times[:-1], times[1:]):
+    x = x + (t_next - t) * v(x, t)
+  return x

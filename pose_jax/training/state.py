@@ -1,0 +1,82 @@
+"""The train state: what one fused step reads and returns, its fresh initial value, and its
+abstract (shapes + shardings) target, shared by the trainer (restore target, sharded init) and
+the ahead-of-time compiler (:mod:`pose_jax.aot`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from pose_jax.pose.config import PoseConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # global step
+  params: dict  # {'student': State, 'lora': State, 'head': State}
+  ema: Any  # EMA of the student (same tree as params['student'])
+  opt_state: Any
+  rng: jax.Array
+  bad_steps: jax.Array  # consecutive non-finite steps
+  skipped: jax.Array  # total skipped steps
+
+
+def init_state(tx, teacher, lora, head, knobs: PoseConfig, seed: int = 0) -> TrainState:
+  """A fresh state: the student and EMA start as the teacher (copies: the state is donated);
+  with ``d_backbone=trainable_copy`` the discriminator gets its own copy too. Pure, so it runs
+  under ``jax.jit`` (sharded) or ``jax.eval_shape`` (ahead-of-time compiles)."""
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
+  params = {"student": copy(teacher), "lora": copy(lora), "head": copy(head)}
+  if knobs.d_backbone == "trainable_copy":
+    params["backbone"] = copy(teacher)
+  return TrainState(
+    step=jnp.int32(0),
+    params=params,
+    ema=copy(teacher),
+    opt_state=tx.init(params),
+    rng=jax.random.key(seed),
+    bad_steps=jnp.int32(0),
+    skipped=jnp.int32(0),
+  )
+
+
+def abstract_state(tx, teacher, lora, head, knobs, seed, mesh):
+  """``init_state`` under ``eval_shape``, with the shardings ``train.run`` gives it: the
+  student, EMA (and a trainable backbone) as the teacher's, LoRA and head their own, optimizer
+  moments as their parameters, scalars and the RNG key replicated."""
+  import jax
+
+  shapes = jax.eval_shape(
+    functools.partial(init_state, tx, knobs=knobs, seed=seed), teacher, lora, head
+  )
+  rep = NamedSharding(mesh, P())
+  masked = optax.transforms.MaskedNode
+  sds = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+  like = lambda tree, ref: jax.tree.map(lambda a, r: sds(a, r.sharding), tree, ref)
+  refs = {"student": teacher, "lora": lora, "head": head, "backbone": teacher}
+  params = {k: like(v, refs[k]) for k, v in shapes.params.items()}
+  opt_state = optax.tree_map_params(
+    tx,
+    lambda o, p: o if isinstance(o, masked) else sds(o, p.sharding),
+    shapes.opt_state,
+    params,
+    transform_non_params=lambda o: sds(o, rep),
+    is_leaf=lambda x: isinstance(x, masked),
+  )
+  return shapes.replace(
+    step=sds(shapes.step, rep),
+    params=params,
+    ema=like(shapes.ema, teacher),
+    opt_state=opt_state,
+    rng=sds(shapes.rng, rep),
+    bad_steps=sds(shapes.bad_steps, rep),
+    skipped=sds(shapes.skipped, rep),
+  )

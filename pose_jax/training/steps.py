@@ -1,0 +1,138 @@
+"""One fused, pure training step per POSE phase: ``(state, teacher, batch) -> (state, metrics)``.
+
+The phases' losses live in :mod:`pose_jax.pose.phases`.
+
+Each step: one ``value_and_grad`` over the trainable tree ``{student, lora, head}`` of the sum of
+the phase's losses (each loss only reaches its own group, by construction and stop-gradients),
+one optax ``multi_transform`` update, the EMA update, and a non-finite guard that keeps the old
+state (and counts the skip) if the loss or any gradient is not finite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pose_jax.pose import losses
+from pose_jax.pose.config import PoseConfig
+from pose_jax.pose.models import Models
+from pose_jax.pose.phases import LOSSES, fake_score_loss
+from pose_jax.training.optim import trained_groups
+from pose_jax.training.state import TrainState
+
+
+# --- the fused step ---------------------------------------------------------------------------
+def jit_step(step_fn: Callable, state) -> Callable:
+  """``jax.jit`` of a step with the state donated and returned in the shardings it came in
+  (live arrays or ``ShapeDtypeStruct``s): the trainer feeds the returned state back into the
+  same compiled executable, and XLA's propagation alone may pick other shardings for some
+  leaves (seen for small biases and the head when compiling the 14B steps for TPU)."""
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(shardings, None))
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def make_step(
+  phase: str,
+  knobs: PoseConfig,
+  models: Models,
+  tx: optax.GradientTransformation,
+  phase_start: int,
+  phase_steps: int,
+  micro_batches: int = 1,
+) -> Callable:
+  """The jit-able step of ``phase``; ``micro_batches`` > 1 accumulates gradients."""
+  if phase not in LOSSES:
+    raise ValueError(f"phase {phase!r} has no step (known: {sorted(LOSSES)})")
+  loss_fn = LOSSES[phase]
+
+  def grads_of(params, teacher, ema, batch, key, frac):
+    def f(p):
+      args = (p, teacher, batch, key, models, knobs, frac)
+      return loss_fn(*args, ema) if phase == "equilibrium" else loss_fn(*args)
+
+    (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
+    return loss, metrics, grads
+
+  def accumulate(params, teacher, ema, batch, key, frac):
+    if micro_batches == 1:
+      return grads_of(params, teacher, ema, batch, key, frac)
+    split = jax.tree.map(
+      lambda a: a.reshape(micro_batches, a.shape[0] // micro_batches, *a.shape[1:]), batch
+    )
+
+    def body(carry, xs):
+      mb, i = xs
+      out = grads_of(params, teacher, ema, mb, jax.random.fold_in(key, i), frac)
+      return jax.tree.map(jnp.add, carry, out), None
+
+    zero = jax.eval_shape(
+      lambda: grads_of(params, teacher, ema, jax.tree.map(lambda a: a[0], split), key, frac)
+    )
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+    total, _ = jax.lax.scan(body, zero, (split, jnp.arange(micro_batches)))
+    return jax.tree.map(lambda a: a / micro_batches, total)
+
+  extra_fake = knobs.fake_updates_per_step - 1 if "lora" in trained_groups(phase, knobs) else 0
+
+  def fake_update(carry, key, teacher, batch, frac):
+    """One LoRA-only update: the other groups' parameters and optimizer states stay as they are
+    (their zero-gradient updates are computed and dropped, so XLA removes them)."""
+    params, opt_state, finite = carry
+    loss, g = jax.value_and_grad(fake_score_loss)(
+      params["lora"], params, teacher, batch, key, models, knobs, frac, phase
+    )
+    grads = {**jax.tree.map(jnp.zeros_like, params), "lora": g}
+    updates, new_opt = tx.update(grads, opt_state, params)
+    params = {**params, "lora": optax.apply_updates(params["lora"], updates["lora"])}
+    inner = {**opt_state.inner_states, "lora": new_opt.inner_states["lora"]}
+    finite = finite & jnp.isfinite(loss) & _all_finite(g)
+    return (params, opt_state._replace(inner_states=inner), finite), loss
+
+  def step(state: TrainState, teacher, batch):
+    rng, key = jax.random.split(state.rng)
+    frac = (state.step - phase_start).astype(jnp.float32) / max(phase_steps, 1)
+    params, opt_state, fake_ok = state.params, state.opt_state, jnp.bool_(True)
+    extra = {}
+    if extra_fake:
+      key, k_fake = jax.random.split(key)
+      (params, opt_state, fake_ok), fake_losses = jax.lax.scan(
+        lambda c, k: fake_update(c, k, teacher, batch, frac),
+        (params, opt_state, fake_ok),
+        jax.random.split(k_fake, extra_fake),
+      )
+      extra["loss/fake_extra"] = jnp.mean(fake_losses)
+    loss, metrics, grads = accumulate(params, teacher, state.ema, batch, key, frac)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    ema = losses.ema(state.ema, params["student"], knobs.ema_decay)
+    ok = jnp.isfinite(loss) & _all_finite(grads) & fake_ok
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    new = TrainState(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      ema=keep(ema, state.ema),
+      opt_state=keep(opt_state, state.opt_state),
+      rng=rng,
+      bad_steps=jnp.where(ok, 0, state.bad_steps + 1),
+      skipped=state.skipped + (~ok).astype(jnp.int32),
+    )
+    grad_norms = {f"grad_norm/{g}": optax.global_norm(v) for g, v in grads.items()}
+    metrics = {
+      **metrics,
+      **extra,
+      **grad_norms,
+      "loss": loss,
+      "finite": ok.astype(jnp.float32),
+      "skipped": new.skipped.astype(jnp.float32),
+    }
+    return new, metrics
+
+  return step

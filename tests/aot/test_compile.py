@@ -1,0 +1,109 @@
+"""Ahead-of-time TPU compiles (``python -m pose_jax.aot``) from this CPU host.
+
+They run in the separate jax[tpu] venv ``.venv-tpu`` (``.ci/run`` builds it); skipped, with the
+reason, when it or libtpu is missing.
+"""
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from pose_jax.aot import topology
+from tests.helpers import ROOT
+
+TPU_PYTHON = os.path.join(ROOT, ".venv-tpu", "bin", "python")
+
+
+def _tpu_python():
+  if not os.path.exists(TPU_PYTHON):
+    pytest.skip(f"{TPU_PYTHON} missing (build it: see requirements-tpu.txt / .ci/run)")
+  r = subprocess.run([TPU_PYTHON, "-c", "import libtpu"], capture_output=True, text=True)
+  if r.returncode:
+    pytest.skip(f"libtpu cannot be imported in .venv-tpu: {r.stderr.strip()[-300:]}")
+  return TPU_PYTHON
+
+
+def _compile(*flags, timeout=600):
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  return subprocess.run(
+    [_tpu_python(), "-m", "pose_jax.aot", *flags],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def test_topology_names():
+  t = topology.parse_topology("v5p-64")
+  assert (t.topology_name, t.chips, t.devices, t.chip.chip_config) == (
+    "v5:2x4x4",
+    32,
+    32,
+    "megacore",
+  )
+  t = topology.parse_topology("v6e-256")
+  assert (t.topology_name, t.devices, t.wrap, t.hosts) == (
+    "v6e:16x16",
+    256,
+    (True, True, False),
+    64,
+  )
+  assert topology.parse_topology("v4-8").topology_name == "v4:2x2x1"
+  assert topology.parse_topology("tpu7x-8").devices == 8  # 4 chips, 2 devices each
+  with pytest.raises(ValueError, match="unknown topology 'v5p-63'; known: .*v5p-64"):
+    topology.parse_topology("v5p-63")
+
+
+def test_toy_config_compiles_every_phase_for_a_tpu_slice(tmp_path):
+  out = tmp_path / "toy.json"
+  r = _compile(
+    "--config=configs/toy_i2v.py",
+    "--topology=v6e-8",
+    "--config.model.attention=splash",  # the Pallas TPU kernel compiles at toy sizes too
+    "--config.mesh.shape=(1,-1,1,1)",  # FSDP, as the real config
+    "--config.model.num_layers=2",  # taps (0, 1): fewer scan segments, a faster compile
+    f"--out={out}",
+  )
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+  report = json.loads(out.read_text())
+  assert report["topology"]["devices"] == 8 and report["topology"]["device_kind"] == "TPU v6 lite"
+  assert set(report["phases"]) == {"pretrain", "priming", "equilibrium", "sample"}
+  for name, p in report["phases"].items():
+    assert p["fits"], name
+    for key in ("argument_bytes", "output_bytes", "peak_bytes", "model_flops"):
+      assert p[key] > 0, (name, key)
+    assert 0 < p["peak_gib"] < p["hbm_gib"]
+    assert p["step_s_at_40pct_mfu"] > 0 and p["compile_s"] > 0
+  # Analytic counts: pretrain = forward + backward = 3 forwards of the sampler (same batch of 8);
+  # priming adds the teacher's CFG pair and F's pass to G's forward + backward.
+  flops = {k: v["model_flops"] for k, v in report["phases"].items()}
+  assert report["phases"]["sample"]["batch"] == 8
+  assert flops["pretrain"] == pytest.approx(3 * flops["sample"])
+  assert flops["priming"] > 2 * flops["pretrain"]
+
+
+def test_too_big_model_does_not_fit_and_names_buffers(tmp_path):
+  # Wan2.1-I2V-14B's float32 weights replicated on every v5e chip (pure data parallelism).
+  r = _compile(
+    "--config=configs/wan_i2v.py",
+    "--topology=v5e-8",
+    "--phase=sample",
+    "--config.mesh.shape=(-1,1,1,1)",
+    "--config.train.batch_size=8",
+    "--config.data.frames=5",
+    f"--out={tmp_path / 'big.json'}",
+  )
+  assert r.returncode != 0
+  assert "'sample' does not fit on v5e-8" in r.stderr, r.stderr[-3000:]
+  assert "RESOURCE_EXHAUSTED" in r.stderr, r.stderr[-3000:]
+  # The largest buffers are named: XLA's own list, or the largest per-device inputs.
+  assert re.search(r"GiB +student/blocks/ffn/proj_(in|out)/kernel float32", r.stderr), r.stderr[
+    -3000:
+  ]
+  report = json.loads((tmp_path / "big.json").read_text())
+  assert report["phases"]["sample"]["fits"] is False

@@ -1,0 +1,183 @@
+"""The conversion CLI, its documented errors, atomicity, and streaming memory."""
+
+import importlib.util
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from pose_jax.convert import export, importer, orbax_io
+from pose_jax.convert.__main__ import main
+from pose_jax.convert.errors import CheckpointError
+from pose_jax.models.wan import preset
+from tests.helpers import ROOT
+from tests.helpers.torch_refs import torch_wan
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+  path = tmp_path_factory.mktemp("diffusers")
+  torch_wan(preset("tiny"), seed=7).save_pretrained(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(src, tmp_path_factory):
+  path = tmp_path_factory.mktemp("ckpt") / "c"
+  importer.import_checkpoint(str(src), path, progress=False)
+  return path
+
+
+def edited(src, dst, edit):
+  shutil.copytree(src, dst)
+  tensors = safetensors.numpy.load_file(dst / WEIGHTS)
+  edit(tensors)
+  safetensors.numpy.save_file(tensors, dst / WEIGHTS)
+  return dst
+
+
+def nothing_at(path) -> bool:
+  """No checkpoint and no orbax/export temporaries next to it."""
+  leftovers = [p for p in os.listdir(path.parent) if p.startswith((path.name, "." + path.name))]
+  return not leftovers
+
+
+def test_cli_import_export(src, tmp_path, capsys):
+  assert main(["import", f"--src={src}", f"--dst={tmp_path / 'c'}", "--dtype=bf16"]) == 0
+  assert "import diffusers" in capsys.readouterr().out
+  cfg, params = orbax_io.restore_params(str(tmp_path / "c"))
+  assert cfg.param_dtype == "bfloat16" and params["proj_out"]["kernel"].dtype == "bfloat16"
+  args = ["export", f"--src={tmp_path / 'c'}", f"--dst={tmp_path / 'e'}", "--format=wan"]
+  assert main([*args, "--max-shard-size=50KB", "--dtype=fp32"]) == 0
+  files = sorted(os.listdir(tmp_path / "e"))
+  assert "config.json" in files and f"{WEIGHTS}.index.json" in files and len(files) > 3
+  assert json.loads((tmp_path / "e" / "config.json").read_text())["model_type"] == "i2v"
+  assert main(args) == 1  # exists
+  assert "exists" in capsys.readouterr().err
+  assert main(["import", f"--src={src}", f"--dst={tmp_path / 'c'}"]) == 1
+  assert main(["import", f"--src={src}", f"--dst={tmp_path / 'c'}", "--overwrite"]) == 0
+
+
+def test_corrupt_or_truncated_file_names_it(src, tmp_path):
+  bad = shutil.copytree(src, tmp_path / "s")
+  data = (bad / WEIGHTS).read_bytes()
+  (bad / WEIGHTS).write_bytes(data[: len(data) // 2])
+  with pytest.raises(CheckpointError, match=f"{WEIGHTS}.*"):
+    importer.import_checkpoint(str(bad), tmp_path / "c", progress=False)
+  (bad / WEIGHTS).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + data[24:])
+  with pytest.raises(CheckpointError, match=WEIGHTS):
+    importer.import_checkpoint(str(bad), tmp_path / "c", progress=False)
+  assert nothing_at(tmp_path / "c")
+
+
+def test_mismatches_are_all_listed(src, tmp_path):
+  def edit(t):
+    t.pop("condition_embedder.time_proj.bias")
+    t["blocks.0.attn1.to_qq.weight"] = t.pop("blocks.0.attn1.to_q.weight")
+    t["blocks.1.ffn.net.2.weight"] = np.ascontiguousarray(t["blocks.1.ffn.net.2.weight"].T)
+    t["blocks.0.norm2.weight"] = t["blocks.0.norm2.weight"].astype(np.int32)
+    t["blocks.2.norm2.bias"] = t["blocks.0.norm2.bias"]
+
+  bad = edited(src, tmp_path / "s", edit)
+  with pytest.raises(CheckpointError) as e:
+    importer.import_checkpoint(str(bad), tmp_path / "c", progress=False)
+  msg = str(e.value)
+  assert "missing (4): [" in msg and "'condition_embedder/time_proj/bias'" in msg
+  for lost in (
+    "attn1/to_q/kernel layers [0]",
+    "norm2/weight layers [0]",
+    "ffn/proj_out/kernel layers [1]",
+  ):
+    assert f"'blocks/{lost}'" in msg
+  assert "unexpected (1): ['blocks.0.attn1.to_qq.weight']" in msg
+  assert "blocks.1.ffn.net.2.weight: source (64, 32) -> blocks/ffn/proj_out/kernel[layer 1]" in msg
+  assert "blocks.2.norm2.bias: layer 2, but the model has 2 layers" in msg
+  assert "unsupported dtype (1): ['blocks.0.norm2.weight: I32']" in msg
+  assert nothing_at(tmp_path / "c")
+
+
+def test_failure_midway_leaves_nothing_restorable(src, tmp_path, monkeypatch):
+  read, calls = importer.read_tensor, []
+
+  def flaky(info):
+    calls.append(info)
+    if len(calls) == 40:
+      raise CheckpointError(f"{info.file}: disk on fire")
+    return read(info)
+
+  monkeypatch.setattr(importer, "read_tensor", flaky)
+  with pytest.raises(CheckpointError, match="disk on fire"):
+    importer.import_checkpoint(str(src), tmp_path / "c", progress=False)
+  assert len(calls) == 40 and nothing_at(tmp_path / "c")
+  with pytest.raises(CheckpointError):
+    orbax_io.restore_params(str(tmp_path / "c"))
+
+
+def test_killed_import_is_not_taken_for_a_checkpoint(ckpt, tmp_path):
+  """What a killed process leaves (orbax's temporary dir, not yet renamed) does not restore."""
+  shutil.copytree(ckpt, tmp_path / "c.orbax-checkpoint-tmp-123")
+  with pytest.raises(CheckpointError, match="no such checkpoint|not a finished"):
+    orbax_io.restore_params(str(tmp_path / "c"))
+  (tmp_path / "d").mkdir()  # an empty or foreign directory
+  with pytest.raises(CheckpointError, match="not a finished model checkpoint"):
+    orbax_io.restore_params(str(tmp_path / "d"))
+
+
+def test_wan_without_config_needs_the_architecture(src, tmp_path):
+  tensors = safetensors.numpy.load_file(src / WEIGHTS)
+  from pose_jax.convert.wan_original import from_diffusers_key
+
+  (tmp_path / "w").mkdir()
+  wan = {from_diffusers_key(k): v for k, v in tensors.items()}
+  safetensors.numpy.save_file(wan, tmp_path / "w" / WEIGHTS)
+  with pytest.raises(CheckpointError, match="give num_heads.*--config"):
+    importer.import_checkpoint(str(tmp_path / "w"), tmp_path / "c", "wan", progress=False)
+  plan = importer.import_checkpoint(
+    str(tmp_path / "w"), tmp_path / "c", "wan", config=preset("tiny"), progress=False
+  )
+  assert plan.cfg == preset("tiny")
+
+
+def test_export_errors(ckpt, tmp_path, monkeypatch):
+  with pytest.raises(CheckpointError, match="--which/--step apply to train workdirs"):
+    export.export_checkpoint(str(ckpt), tmp_path / "e", which="ema", progress=False)
+  with pytest.raises(CheckpointError, match="no model checkpoint, train step or finished steps"):
+    export.export_checkpoint(str(tmp_path), tmp_path / "e", progress=False)
+  with pytest.raises(
+    CheckpointError, match=r"wrong shape \(3\).*proj_in/kernel: stored \(2, 32, 64\)"
+  ):
+    export.export_checkpoint(
+      str(ckpt), tmp_path / "e", config=preset("tiny", ffn_dim=32), progress=False
+    )
+  stored = {p: (s.shape, s.dtype) for p, s in importer.target_specs(preset("tiny")).items()}
+  stored["blocks", "attn1", "to_q", "lora_a"] = ((2, 32, 4), np.dtype("float32"))
+  with pytest.raises(CheckpointError, match="unexpected.*lora_a.*must be merged first"):
+    export.plan_entries(preset("tiny"), stored, "diffusers")
+  arrays = export._arrays
+
+  def failing(*a):
+    yield from list(arrays(*a))[:30]
+    raise CheckpointError("read failed")
+
+  monkeypatch.setattr(export, "_arrays", failing)
+  with pytest.raises(CheckpointError, match="read failed"):
+    export.export_checkpoint(str(ckpt), tmp_path / "e", max_shard_bytes=30_000, progress=False)
+  assert nothing_at(tmp_path / "e")
+
+
+def test_streaming_peak_memory_stays_under_3x_largest_tensor(tmp_path):
+  """~0.5 GB synthetic checkpoint (largest tensor 32 MiB, largest stacked param 128 MiB)."""
+  spec = importlib.util.spec_from_file_location("convert_speed", f"{ROOT}/bench/convert_speed.py")
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  info = bench.make_synthetic(str(tmp_path / "src"), bench.bench_config("small"))
+  largest = info["largest_tensor"]["bytes"]
+  assert info["largest_stacked_param"]["bytes"] >= 4 * largest
+  for name, a, b in (("import", "src", "ckpt"), ("export", "ckpt", "out")):
+    r = bench.run_stage(name, str(tmp_path / a), str(tmp_path / b))
+    assert r["growth"] < 3 * largest, (name, r, info)

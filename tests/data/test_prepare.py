@@ -1,0 +1,144 @@
+"""``python -m pose_jax.data.prepare``: tiny clips written with PyAV (valid mp4 and webm, too short,
+corrupt, uncaptioned) through a tiny random diffusers pipeline folder into shards."""
+
+import json
+import os
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from pose_jax.data import make_iterator, read_meta
+from pose_jax.data.prepare import ClipError, encode_clip, read_captions, read_clip
+from tests.helpers import ROOT
+from tests.test_conditioning import Z, rel_err, tiny_pipeline
+
+FRAMES, HEIGHT, WIDTH = 5, 32, 48
+
+
+def make_frames(num: int, height: int = 40, width: int = 64) -> np.ndarray:
+  """Smooth gradients whose brightness steps up 16 per frame (so frames can be told apart)."""
+  y, x = np.mgrid[:height, :width]
+  base = np.stack([x * 100 / width, y * 100 / height, (x + y) * 50 / (height + width)], -1)
+  return np.stack([np.clip(base + 16 * i + 20, 0, 255) for i in range(num)]).astype(np.uint8)
+
+
+def write_video(path: str, frames: np.ndarray, codec: str = "libx264", fps: int = 8) -> None:
+  with av.open(path, "w") as container:
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    for f in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+  d = tmp_path_factory.mktemp("videos")
+  write_video(str(d / "valid.mp4"), make_frames(10))
+  write_video(str(d / "clip.webm"), make_frames(6, 48, 40), codec="libvpx")
+  write_video(str(d / "short.mp4"), make_frames(3))
+  write_video(str(d / "nocap.mp4"), make_frames(6))
+  (d / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
+  captions = {
+    "valid.mp4": "a cat runs on the beach",
+    "clip.webm": "red car at night",
+    "short.mp4": "a dog",
+    "corrupt.mp4": "blue city",
+    "ghost.mp4": "no such file",
+  }
+  with open(d / "captions.jsonl", "w") as f:
+    f.writelines(json.dumps({"video": k, "caption": v}) + "\n" for k, v in captions.items())
+  return d
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+  pipe = tiny_pipeline()
+  folder = tmp_path_factory.mktemp("pipe")
+  pipe.save_pretrained(folder)
+  return pipe, str(folder)
+
+
+def test_read_clip(clips):
+  clip = read_clip(str(clips / "valid.mp4"), FRAMES, HEIGHT, WIDTH)
+  assert clip.shape == (FRAMES, HEIGHT, WIDTH, 3) and clip.dtype == np.uint8
+  steps = np.diff(clip.reshape(FRAMES, -1).mean(-1).astype(np.float64))
+  np.testing.assert_allclose(steps, 16, atol=2)  # consecutive frames, in order
+  # Covers 32x48 from 40x64: scale 0.8 -> 32x51, centre crop: the gradient survives (lossy codec).
+  want = make_frames(1)[0].astype(np.float64)
+  assert abs(clip[0].mean() - want.mean()) < 3
+  resampled = read_clip(str(clips / "valid.mp4"), FRAMES, HEIGHT, WIDTH, fps=4)  # every 2nd
+  steps = np.diff(resampled.reshape(FRAMES, -1).mean(-1).astype(np.float64))
+  np.testing.assert_allclose(steps, 32, atol=3)
+  assert read_clip(str(clips / "clip.webm"), FRAMES, HEIGHT, WIDTH).shape == (FRAMES, 32, 48, 3)
+  with pytest.raises(ClipError, match="too_short: 3 of 5"):
+    read_clip(str(clips / "short.mp4"), FRAMES, HEIGHT, WIDTH)
+  with pytest.raises(ClipError, match="unreadable"):
+    read_clip(str(clips / "corrupt.mp4"), FRAMES, HEIGHT, WIDTH)
+  with pytest.raises(ClipError, match="unreadable"):
+    read_clip(str(clips / "missing.mp4"), FRAMES, HEIGHT, WIDTH)
+  assert read_captions(str(clips / "captions.jsonl"))["clip.webm"] == "red car at night"
+
+
+def test_prepare_cli(clips, pipeline, tmp_path):
+  pipe, folder = pipeline
+  out = tmp_path / "shards"
+  cmd = [
+    sys.executable,
+    "-m",
+    "pose_jax.data.prepare",
+    f"--videos={clips}/*.mp4,{clips}/*.webm",
+    f"--captions={clips}/captions.jsonl",
+    f"--out={out}",
+    f"--pipeline={folder}",
+    f"--frames={FRAMES}",
+    f"--height={HEIGHT}",
+    f"--width={WIDTH}",
+    "--shard_size=1",
+  ]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "written 2 example(s) in 2 shard(s)" in proc.stdout
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["written"] == 2
+  assert summary["counts"] == {"unreadable": 1, "too_short": 1, "no_caption": 1, "encode_failed": 0}
+  reasons = {os.path.basename(p): s["reason"] for p, s in summary["skipped_videos"].items()}
+  assert reasons == {
+    "corrupt.mp4": "unreadable",
+    "short.mp4": "too_short",
+    "nocap.mp4": "no_caption",
+  }
+  assert summary["captions_without_video"] == ["ghost.mp4"]
+  assert read_meta(str(out))["shapes"]["cond"] == [2, 4, 6, 4 + Z]
+
+  batch = next(
+    make_iterator(str(out), 2, shuffle=False, process_index=0, process_count=1, with_strings=True)
+  )
+  assert sorted(batch["key"]) == ["clip.webm", "valid.mp4"]
+  assert batch["latents"].shape == (2, 2, 4, 6, Z) and batch["text"].shape == (2, 512, 32)
+  assert batch["neg_text"].shape == (2, 512, 32) and batch["image"].shape == (2, 17, 24)
+  i = list(batch["key"]).index("valid.mp4")
+  assert batch["caption"][i] == "a cat runs on the beach" and batch["text_mask"][i].sum() == 7
+
+  # Latents are the pipeline's: normalised posterior mean of the diffusers VAE.
+  clip = read_clip(str(clips / "valid.mp4"), FRAMES, HEIGHT, WIDTH)
+  video = torch.from_numpy(clip.astype(np.float32) / 127.5 - 1.0).permute(3, 0, 1, 2)[None]
+  with torch.no_grad():
+    mu = pipe.vae.encode(video).latent_dist.mean
+  mean = torch.tensor(pipe.vae.config.latents_mean).view(1, Z, 1, 1, 1)
+  std = torch.tensor(pipe.vae.config.latents_std).view(1, Z, 1, 1, 1)
+  ref = ((mu - mean) / std)[0].permute(1, 2, 3, 0).numpy()
+  assert rel_err(batch["latents"][i], ref) < 1e-4
+  # cond / image / text are exactly what ConditioningStack.encode gives for the first frame.
+  from pose_jax.conditioning import ConditioningStack
+
+  stack = ConditioningStack.from_pretrained(folder)
+  want = encode_clip(stack, clip, "a cat runs on the beach", "valid.mp4")
+  for k in ("cond", "image", "text"):
+    assert rel_err(batch[k][i], want[k]) < 1e-5, k

@@ -1,0 +1,116 @@
+"""Subprocess runs of ``python -m pose_jax.main`` on a small toy config, shared by the end-to-end
+tests (resume, preemption, multi-process), and the one reference run they all compare with."""
+
+import glob
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from filelock import FileLock
+
+from tests.helpers import ROOT
+
+SMALL = [
+  "--config=configs/toy_i2v.py",
+  "--config.model.num_layers=2",
+  "--config.data.size=32",
+  "--config.pose.steps=(4,2,2)",
+  "--config.ckpt.every=2",
+  "--config.ckpt.keep=10",
+  "--config.train.log_every=1",
+  "--config.train.batch_size=8",
+  "--config.eval.teacher_steps=2",
+]
+DEVICES = 8  # the reference run: one process, 8 devices
+
+
+def start(workdir, devices=DEVICES, process_id=0, num_processes=1, port=0):
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    # The runs compile the same step programs: share them through JAX's persistent cache.
+    JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), "pose_jax_tests_jax_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
+  cmd = [sys.executable, "-m", "pose_jax.main", f"--workdir={workdir}", *SMALL]
+  if num_processes > 1:
+    cmd += [
+      f"--coordinator_address=localhost:{port}",
+      f"--num_processes={num_processes}",
+      f"--process_id={process_id}",
+    ]
+  return subprocess.Popen(
+    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+
+
+def finish(proc):
+  out, _ = proc.communicate(timeout=900)
+  assert proc.returncode == 0, out[-3000:]
+  return out
+
+
+def wait_for_checkpoint(workdir, step, procs):
+  done = os.path.join(workdir, "checkpoints", str(step))
+  deadline = time.time() + 900
+  while not os.path.isdir(done):
+    for p in procs:
+      assert p.poll() is None, p.stdout.read()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.2)
+
+
+def trace(workdir):
+  per_step = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      rec = json.loads(line)
+      # Train and eval records of a step merge; a resumed run rewrites the steps after its
+      # checkpoint.
+      per_step.setdefault(rec["step"], {}).update(rec)
+  return per_step
+
+
+def assert_same_run(a_dir, b_dir, rtol=0.0):
+  """Same final parameters (bitwise via final.json when ``rtol == 0``) and loss traces."""
+  if rtol == 0.0:
+    assert json.load(open(a_dir / "final.json")) == json.load(open(b_dir / "final.json"))
+  a, b = trace(a_dir), trace(b_dir)
+  assert sorted(a) == sorted(b) == list(range(1, 9))
+  for step in a:
+    for key in ("loss", "grad_norm/student"):
+      np.testing.assert_allclose(a[step][key], b[step][key], rtol=rtol, err_msg=f"{step} {key}")
+
+
+def tensorboard_tags(workdir) -> set:
+  """Scalar tags in the run's TensorBoard event files (TFRecord framing, Event protos)."""
+  from tensorboardX.proto import event_pb2
+
+  tags = set()
+  for name in glob.glob(os.path.join(workdir, "tensorboard", "events.*")):
+    data = open(name, "rb").read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+      tags |= {v.tag for v in event.summary.value}
+      pos += 12 + length + 4
+  return tags
+
+
+def reference_run(root) -> tuple:
+  """``(workdir, output)`` of the uninterrupted one-process 8-device run, made once per test
+  session under ``root`` (shared by the xdist workers through a file lock)."""
+  workdir = root / "toy_reference"
+  with FileLock(str(root / "toy_reference.lock")):
+    if not (workdir / "final.json").exists():
+      shutil.rmtree(workdir, ignore_errors=True)
+      (root / "toy_reference.out").write_text(finish(start(workdir)))
+  return workdir, (root / "toy_reference.out").read_text()

@@ -1,0 +1,160 @@
+"""``python -m pose_jax.sampling`` end to end on the tiny pipeline folder, its errors, the video
+writers, and sharded sampling on the 8 fake CPU devices."""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from pose_jax import sharding as shd
+from pose_jax.conditioning import fit_area
+from pose_jax.convert import importer
+from pose_jax.sampling import video_io
+from pose_jax.sampling.__main__ import main
+from pose_jax.sampling.pipeline import I2VPipeline
+from tests.helpers import ROOT
+from tests.sampling.test_pipeline_parity import write_train_workdir
+from tests.test_conditioning import make_image, tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sample")
+  tiny_pipeline().save_pretrained(root / "pipe")
+  importer.import_checkpoint(str(root / "pipe" / "transformer"), root / "ckpt", progress=False)
+  write_train_workdir(str(root / "pipe"), root / "work")
+  Image.fromarray(make_image()).save(root / "photo.png")
+  Image.fromarray(make_image(40, 30)).save(root / "tall.jpg", quality=95)
+  (root / "corrupt.png").write_bytes((root / "photo.png").read_bytes()[:60])
+  (root / "notes.txt").write_text("not an image")
+  return root
+
+
+def cli(env, *args):
+  return main(["sample", f"--pipeline={env / 'pipe'}", "--prompt=a cat on the beach", *args])
+
+
+def test_student_from_model_checkpoint_writes_mp4_and_strip(env, tmp_path, capsys):
+  out, strip = tmp_path / "v.mp4", tmp_path / "s.png"
+  args = [f"--ckpt={env / 'ckpt'}", f"--image={env / 'photo.png'}", "--frames=5", "--size=32x48"]
+  assert cli(env, *args, f"--out={out}", f"--strip={strip}") == 0
+  log = capsys.readouterr().out
+  assert f"model checkpoint {env / 'ckpt'}" in log and f"wrote {out}: 5 frames 32x48" in log
+  frames = video_io.read_mp4(str(out))
+  assert frames.shape == (5, 32, 48, 3)
+  assert np.asarray(Image.open(strip)).shape == (32, 5 * 48, 3)
+  # The file holds the pipeline's video: as close to it as the same frames encoded here.
+  pipe = I2VPipeline.from_pretrained(str(env / "pipe"), str(env / "ckpt"))
+  noise = pipe.make_noise(pipe.latent_shape(1, 5, 32, 48), seed=0)  # the CLI's noise for item 0
+  assert noise.shape == (1, 2, 4, 6, 4)
+  image = video_io.read_image(str(env / "photo.png"))
+  video = pipe(image, "a cat on the beach", num_frames=5, height=32, width=48, noise=noise)[0]
+  want = video_io.to_uint8(video)
+  video_io.write_mp4(str(tmp_path / "want.mp4"), want)
+  again = video_io.read_mp4(str(tmp_path / "want.mp4"))
+  psnr = lambda a: 10 * np.log10(255.0**2 / np.mean((a - want.astype(float)) ** 2))
+  assert psnr(frames.astype(float)) >= psnr(again.astype(float)) - 0.5 > 15.0
+
+
+def test_teacher_euler_from_the_pipeline_transformer_fits_area(env, tmp_path, capsys):
+  out = tmp_path / "t.mp4"
+  args = ["--teacher", "--steps=2", "--cfg=2.0", "--scheduler=euler", "--negative_prompt=red car"]
+  assert (
+    cli(env, *args, f"--image={env / 'tall.jpg'}", "--frames=1", "--max_area=2000", f"--out={out}")
+    == 0
+  )
+  h, w = fit_area((40, 30), 2000)
+  assert (h, w) == (48, 32)
+  log = capsys.readouterr().out
+  assert "pipeline's own DiT" in log and f"1 frames {h}x{w}" in log and "teacher euler 2" in log
+  assert video_io.read_mp4(str(out)).shape == (1, h, w, 3)
+
+
+def test_prompts_file_from_workdir_ema_sharded(env, tmp_path, capsys):
+  listing = tmp_path / "prompts.tsv"
+  listing.write_text(
+    f"# image<TAB>prompt\n{env / 'photo.png'}\ta red car\n\n{env / 'photo.png'}\ta dog\n"
+  )
+  args = [f"--ckpt={env / 'work'}", "--which=ema", f"--prompts_file={listing}", "--frames=5"]
+  out = tmp_path / "b.mp4"
+  args += ["--size=32x32", "--batch_size=2", "--mesh=(1,-1,1,1)", f"--out={out}"]
+  assert cli(env, *args) == 1  # --prompt (given by cli) with a file
+  assert "--prompts_file replaces --image/--prompt" in capsys.readouterr().err
+  assert main(["sample", f"--pipeline={env / 'pipe'}", *args]) == 0
+  log = capsys.readouterr().out
+  assert "ema of train step" in log and "batch of 2" in log
+  for i in range(2):
+    assert video_io.read_mp4(str(tmp_path / f"b_{i:03d}.mp4")).shape == (5, 32, 32, 3)
+
+
+def test_sharded_sample_equals_unsharded(env):
+  image = make_image()
+  prompts = ["a cat", "a dog", "red car", "blue car", "the beach", "city night", "rain", "sunset"]
+  mesh = shd.make_mesh((1, -1, 1, 1))
+  plain = I2VPipeline.from_pretrained(str(env / "pipe"), str(env / "ckpt"))
+  sharded = I2VPipeline.from_pretrained(str(env / "pipe"), str(env / "ckpt"), mesh=mesh)
+  kernel = sharded.params["blocks"]["attn1"]["to_q"]["kernel"][...]
+  assert kernel.sharding.spec == jax.P(None, "fsdp", "tensor") and len(kernel.devices()) == 8
+  kw = dict(num_frames=5, height=32, width=32, seed=3, output_type="latent")
+  a = plain(image, prompts, **kw)
+  b = sharded(image, prompts, **kw)  # the batch of 8 split over the 8 devices
+  assert len(b.sharding.device_set) == 8 and b.addressable_shards[0].data.shape[0] == 1
+  a, b = np.asarray(a), np.asarray(b)
+  print(f"sharded vs unsharded latents: max abs diff {np.abs(b - a).max():.1e}")
+  np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+  # Workdir loading straight into the mesh gives the same parameters.
+  work = I2VPipeline.from_pretrained(str(env / "pipe"), str(env / "work"), mesh=mesh)
+  w = work.params["blocks"]["ffn"]["proj_in"]["kernel"][...]
+  assert w.sharding.spec == jax.P(None, "fsdp", "tensor")
+
+
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["--image={d}/missing.png"], "--image: {d}/missing.png: no such file"),
+    (["--image={d}/corrupt.png"], "--image: {d}/corrupt.png: cannot read the image"),
+    (["--image={d}/notes.txt"], "--image: {d}/notes.txt: not an image"),
+    (["--image={d}/photo.png", "--size=40x48"], "--size=40x48: height=40 must be positive mult"),
+    (["--image={d}/photo.png", "--size=32"], "--size=32: expected HxW"),
+    (["--image={d}/photo.png", "--frames=8"], "--frames=8: must be 1 + 4k"),
+    (["--image={d}/photo.png", "--cfg=5"], "--cfg=5.0: the student takes no guidance"),
+    (["--image={d}/photo.png", "--scheduler=euler"], "--scheduler applies to --teacher"),
+    (["--prompt=x"], "--image is required"),
+    (["--image={d}/photo.png", "--ckpt={d}/nowhere"], "--ckpt={d}/nowhere: no such checkpoint"),
+    (["--image={d}/photo.png", "--mesh=(3,1,1,1)"], "--mesh=(3,1,1,1): mesh shape"),
+    (["--image={d}/photo.png", "--ckpt={d}/ckpt", "--which=ema"], "--which/--step apply"),
+  ],
+)
+def test_errors_name_the_flag(env, tmp_path, capsys, args, message):
+  args = [a.format(d=env) for a in args]
+  assert cli(env, *args, f"--out={tmp_path / 'x.mp4'}") == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and message.format(d=env) in err, err
+  assert not (tmp_path / "x.mp4").exists()
+
+
+def test_missing_pipeline_exits_without_traceback(env, tmp_path):
+  cmd = [sys.executable, "-m", "pose_jax.sampling", f"--image={env / 'photo.png'}", "--prompt=a"]
+  r = subprocess.run(
+    [*cmd, f"--out={tmp_path / 'x.mp4'}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  assert "error: --pipeline is required" in r.stderr
+
+
+def test_video_io(env, tmp_path):
+  video = np.random.default_rng(0).integers(0, 255, (3, 17, 23, 3), np.uint8)
+  codec = video_io.write_mp4(str(tmp_path / "odd.mp4"), video)
+  assert codec == video_io.available_codec() and codec in video_io.CODECS
+  assert video_io.read_mp4(str(tmp_path / "odd.mp4")).shape == (3, 18, 24, 3)  # padded even
+  assert video_io.write_mp4(str(tmp_path / "m.mp4"), video / 255.0, codec="mpeg4") == "mpeg4"
+  assert video_io.read_mp4(str(tmp_path / "m.mp4")).shape == (3, 18, 24, 3)
+  assert video_io.strip(np.zeros((20, 4, 5, 3), np.uint8), 8).shape == (4, 40, 3)
+  assert video_io.read_image(str(env / "tall.jpg")).shape == (40, 30, 3)
+  with pytest.raises(FileNotFoundError, match="no such file"):
+    video_io.read_image(str(tmp_path / "nope.png"))
+  with pytest.raises(ValueError, match="not a file"):
+    video_io.read_image(str(tmp_path))

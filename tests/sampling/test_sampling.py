@@ -1,0 +1,74 @@
+"""Latent samplers: one-step student, k-step re-noising, teacher Euler with shift and CFG."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pose_jax.models.wan import WanTransformer, preset
+from pose_jax.sampling import samplers
+
+
+@pytest.fixture(scope="module")
+def model():
+  cfg = preset("toy", num_layers=2)
+  graphdef, params = nnx.split(WanTransformer(cfg, rngs=nnx.Rngs(0)))
+  ks = jax.random.split(jax.random.key(0), 5)
+  inputs = dict(
+    noise=jax.random.normal(ks[0], (2, 2, 4, 4, 3)),
+    cond=jax.random.normal(ks[1], (2, 2, 4, 4, 7)),
+    text=jax.random.normal(ks[2], (2, 5, 32)),
+    image=jax.random.normal(ks[3], (2, 3, 32)),
+  )
+  return graphdef, params, inputs
+
+
+def test_one_step_student_is_noise_minus_velocity_at_t1(model):
+  graphdef, params, i = model
+  x0 = samplers.student(graphdef, params, i["noise"], i["cond"], i["text"], i["image"])
+  x = jnp.concatenate([i["noise"], i["cond"]], -1)
+  v = nnx.merge(graphdef, params)(x, jnp.full((2,), 1000.0), i["text"], i["image"])
+  np.testing.assert_allclose(x0, i["noise"] - v, rtol=1e-6, atol=1e-6)
+
+
+def test_euler_one_step_equals_student_and_times(model):
+  graphdef, params, i = model
+  one = samplers.teacher_euler(
+    graphdef, params, i["noise"], i["cond"], i["text"], i["image"], steps=1, shift=3.0
+  )
+  x0 = samplers.student(graphdef, params, i["noise"], i["cond"], i["text"], i["image"])
+  np.testing.assert_allclose(one, x0, rtol=1e-6, atol=1e-6)
+  times = samplers.euler_times(4, 3.0)
+  assert times[0] == 1.0 and times[-1] == 0.0 and np.all(np.diff(times) < 0)
+
+
+def test_cfg_and_k_step(model):
+  graphdef, params, i = model
+  args = (graphdef, params, i["noise"], i["cond"], i["text"], i["image"])
+  plain = samplers.teacher_euler(*args, steps=2, shift=1.0)
+  same = samplers.teacher_euler(
+    *args, steps=2, shift=1.0, guidance_scale=1.0, neg_text=i["text"] * 0
+  )
+  np.testing.assert_allclose(plain, same)
+  guided = samplers.teacher_euler(
+    *args, steps=2, shift=1.0, guidance_scale=4.0, neg_text=i["text"] * 0
+  )
+  assert float(jnp.abs(guided - plain).max()) > 1e-4
+  with pytest.raises(ValueError, match="negative-prompt"):
+    samplers.teacher_euler(*args, steps=2, shift=1.0, guidance_scale=4.0)
+  two = samplers.student(*args, steps=2, key=jax.random.key(1))
+  assert two.shape == i["noise"].shape and float(jnp.abs(two - plain).max()) > 1e-4
+  with pytest.raises(ValueError, match="needs a key"):
+    samplers.student(*args, steps=2)
+
+
+@pytest.mark.parametrize("shift,steps", [(3.0, 4), (5.0, 50), (1.0, 1), (3.0, 20)])
+def test_euler_times_equal_diffusers_scheduler_sigmas(shift, steps):
+  from diffusers import FlowMatchEulerDiscreteScheduler
+
+  scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+  scheduler.set_timesteps(steps)
+  np.testing.assert_allclose(
+    samplers.euler_times(steps, shift), scheduler.sigmas.numpy(), atol=1e-7
+  )

@@ -1,0 +1,96 @@
+"""End-to-end training runs on the toy config: logs and samples, exact resume after SIGTERM and
+SIGKILL, non-finite stop."""
+
+import dataclasses
+import json
+import os
+import re
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from pose_jax.data import records
+from pose_jax.sampling import video_io
+from pose_jax.training import checkpoint as ckpt_lib
+from pose_jax.training import train
+from tests.helpers import toy_runs as runs
+from tests.test_main import _load
+
+
+@pytest.fixture(scope="module")
+def full_run(toy_reference_run):
+  return toy_reference_run
+
+
+@pytest.mark.slow
+def test_full_run_logs_phases_and_tensorboard(full_run):
+  workdir, out = full_run
+  assert "[pretrain] step 4/4" in out and "[equilibrium] step 8/8" in out
+  assert "student_1_step" in out
+  tags = runs.tensorboard_tags(workdir)
+  assert {"loss", "loss/flow", "loss/dmd", "loss/d", "grad_norm/student"} <= tags, tags
+  # Sample videos + proxy metrics at each phase end (eval.every = 0).
+  assert "eval/student/first_frame_psnr" in tags and "eval/ema/flicker" in tags, tags
+  assert sorted(os.listdir(workdir / "samples")) == ["step_4", "step_6", "step_8"]
+  video = video_io.read_mp4(str(workdir / "samples" / "step_8" / "student_0.mp4"))
+  assert video.shape == (9, 32, 32, 3) and video.std() > 1  # 9 frames of toy clip, not blank
+
+
+@pytest.mark.slow
+def test_sigterm_then_sigkill_then_resume_equals_the_uninterrupted_run(full_run, tmp_path):
+  """SIGTERM: the step finishes, a checkpoint is written, exit 0. Rerun, SIGKILL after a later
+  checkpoint, rerun to the end: parameters (bitwise) and loss traces equal the reference."""
+  proc = runs.start(tmp_path)
+  runs.wait_for_checkpoint(tmp_path, 2, [proc])
+  proc.send_signal(signal.SIGTERM)
+  out = runs.finish(proc)  # exit status 0
+  found = re.search(r"preempted: checkpoint written at step (\d+)", out)
+  assert found, out[-2000:]
+  step = int(found.group(1))
+  assert 2 <= step < 6 and os.path.isdir(tmp_path / "checkpoints" / str(step))
+  assert not os.path.exists(tmp_path / "final.json")
+  proc = runs.start(tmp_path)
+  runs.wait_for_checkpoint(tmp_path, 6, [proc])  # killed in the equilibrium phase
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  out = runs.finish(runs.start(tmp_path))
+  assert "resumed from step" in out
+  runs.assert_same_run(full_run[0], tmp_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PoisonedSource(records.SyntheticSource):
+  """Examples 8.. have NaN latents: with batch 8 and no shuffle, every third batch is clean."""
+
+  def __getitem__(self, index):
+    ex = super().__getitem__(index)
+    if index >= 8:
+      ex["latents"] = np.full_like(ex["latents"], np.nan)
+    return ex
+
+
+def test_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_path):
+  config = _load("toy_i2v")
+  config.model.num_layers = 2
+  config.pose.phases = ("pretrain",)
+  config.pose.steps = (10,)
+  config.ckpt.every = 1
+  config.ckpt.async_save = False
+  config.train.max_bad_steps = 2
+  config.train.log_every = 1
+  iterator = records.make_iterator(
+    _PoisonedSource(num_examples=24), 8, shuffle=False, shard_by_process=False
+  )
+  with pytest.raises(train.NonFiniteError, match="2 consecutive non-finite steps at step 3"):
+    train.run(config, str(tmp_path), iterator)
+  assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit()) == [1, 2]
+  lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+  assert [x["finite"] for x in lines] == [1.0, 0.0, 0.0] and lines[-1]["skipped"] == 2.0
+  mngr = ckpt_lib.manager(str(tmp_path), every=1, keep=5, async_save=False)
+  saved = mngr.restore(
+    2, args=ckpt_lib.ocp.args.Composite(state=ckpt_lib.ocp.args.StandardRestore())
+  )
+  leaves = jax.tree.leaves(saved["state"]["params"]["student"])
+  assert leaves and all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
