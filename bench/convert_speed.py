@@ -97,11 +97,11 @@ def _status(field: str) -> int:
 def stage(name: str, src: str, dst: str) -> dict:
   """Runs one conversion through the CLI's ``main`` in this process; returns time and memory."""
   from pose_jax.convert import export, importer  # noqa: F401  (imports outside the baseline)
-  from pose_jax.convert.__main__ import main
+  from pose_jax.convert.cli import main
 
   baseline = _status("VmRSS")
   start = time.perf_counter()
-  if main([name, f"--src={src}", f"--dst={dst}", "--format=diffusers", "--no-progress"]):
+  if main([name, f"--src={src}", f"--dst={dst}", "--format=diffusers", "--noprogress"]):
     raise RuntimeError(f"{name} {src} -> {dst} failed")
   secs = time.perf_counter() - start
   peak = _status("VmHWM")

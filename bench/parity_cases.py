@@ -1,6 +1,6 @@
 """The parity cases of ``bench/parity_report.py``: one function per module section, each
-building the tests' tiny torch oracles and returning report rows. Import it only after the
-report script has set the XLA flags (8 host devices, as ``tests/conftest.py``).
+building the tests' tiny torch oracles (from ``tests.helpers``) and returning report rows. Import
+it only after the report script has set the XLA flags (8 host devices, as ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from flax import nnx
 
-from tests.helpers.torch_refs import (
-  rel_err,  # ROOT is on sys.path (bench/parity_report.py puts it there)
-)
+# ROOT is on sys.path (bench/parity_report.py puts it there); only tests.helpers is imported.
+from tests.helpers import tiny
+from tests.helpers import torch_refs as refs
+from tests.helpers.numerics import masked_rel_err, rel_err
 
 
 def row(module, reference, inputs, err, bound, bf16=None, detail=None):
@@ -32,37 +33,30 @@ def row(module, reference, inputs, err, bound, bf16=None, detail=None):
   )
 
 
-def masked_rel(out, ref, valid) -> float:
-  out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-  return float(np.abs(out - ref)[valid].max() / np.abs(ref[valid]).max())
-
-
 # --- Wan DiT ------------------------------------------------------------------------------------
 def dit_rows(tmp: str) -> list[dict]:
   from diffusers import WanTransformer3DModel
 
   from pose_jax.convert.wan_diffusers import load_transformer
   from pose_jax.models.wan import preset
-  from tests.helpers.torch_refs import inputs, to_channels_first, to_jax_args, torch_wan
-  from tests.models.test_wan_parity import _j, _torch_forward, gradient_errors
 
   rows = []
   for name in ("tiny", "tiny_t2v"):
     cfg = preset(name)
-    tm = torch_wan(cfg)
+    tm = refs.torch_wan(cfg)
     path = os.path.join(tmp, f"dit_{name}")
     tm.save_pretrained(path)
     model = load_transformer(path)
     kind = "I2V" if cfg.is_i2v else "T2V"
 
     # Forward: batch 2, different timesteps, 3 latent frames, 8x6; I2V text padded to 512.
-    inp = inputs(cfg, batch=2, frames=3, height=8, width=6)
-    ref, inp = _torch_forward(tm, inp, pad_text_to=512)
-    args = tuple(map(_j, to_jax_args(inp)))
+    inp = refs.inputs(cfg, batch=2, frames=3, height=8, width=6)
+    ref, inp = refs.torch_wan_forward(tm, inp, pad_text_to=512)
+    args = tuple(map(refs.to_jnp, refs.to_jax_args(inp)))
     out = model(*args)
-    err = rel_err(to_channels_first(out), ref)
-    # bf16 compute (float32 weights, norms, residuals) vs our fp32 (as tests/test_wan_model.py);
-    # diffusers' own bf16 model vs its fp32 output for scale.
+    err = rel_err(refs.to_channels_first(out), ref)
+    # bf16 compute (float32 weights, norms, residuals) vs our fp32 (as
+    # tests/models/test_wan_model.py); diffusers' own bf16 model vs its fp32 output for scale.
     bf = load_transformer(path, dtype="bfloat16")
     bf_err = rel_err(np.asarray(bf(*args), np.float32), out)
     # diffusers in bf16 as from_pretrained(torch_dtype=) loads it (its fp32-kept modules stay).
@@ -80,13 +74,13 @@ def dit_rows(tmp: str) -> list[dict]:
         f"B=2, T=3, 8x6 latent, text {text}",
         err,
         1e-5,
-        # 3e-2: tests/test_wan_model.py's bound (random-init 4-layer tiny DiT, vs our fp32).
+        # 3e-2: tests/models/test_wan_model.py's bound (random-init 4-layer tiny DiT, vs our fp32).
         bf16=dict(ours=bf_err, reference=rel_err(t_bf, ref), bound=3e-2, vs="ours fp32"),
       )
     )
 
-    # Backward: as tests/test_wan_parity.py::test_gradients_match_torch_autograd.
-    grads = gradient_errors(cfg, tm, model)
+    # Backward: as tests/models/test_wan_parity.py::test_gradients_match_torch_autograd.
+    grads = refs.wan_gradient_errors(cfg, tm, model)
     rows.append(
       row(
         f"Wan DiT {kind} ({cfg.num_layers} layers) backward",
@@ -107,18 +101,17 @@ VAE_SHAPES = [(1, 32, 32), (5, 32, 32), (9, 32, 32), (5, 24, 40)]
 def vae_rows(tmp: str) -> list[dict]:
   from pose_jax.convert.wan_vae import load_vae
   from pose_jax.models.wan.vae import WanVAE, preset
-  from tests.models.test_wan_vae import BF16_BOUND, TOL, Oracle, _cf, _cl, _rel, _torch_vae
 
-  tm = _torch_vae(preset("tiny"))
+  tm = refs.torch_vae(preset("tiny"))
   path = os.path.join(tmp, "wan_vae")
   tm.save_pretrained(path)
-  oracle = Oracle(tm, load_vae(path))
+  oracle = refs.VAEOracle(tm, load_vae(path))
   per_shape = {}
   for frames, height, width in VAE_SHAPES:
     x, z, ref = oracle.reference(frames, height, width)
     per_shape[f"{frames}x{height}x{width}"] = oracle.errors(oracle.state, x, z, ref)
 
-  # bf16 at 5x32x32, as tests/test_wan_vae.py::test_bf16_runs_close_to_fp32.
+  # bf16 at 5x32x32, as tests/models/test_wan_vae.py::test_bf16_runs_close_to_fp32.
   x, z, ref = oracle.reference(5, 32, 32)
   tb = copy.deepcopy(tm).to(torch.bfloat16)
   with torch.no_grad():
@@ -130,9 +123,10 @@ def vae_rows(tmp: str) -> list[dict]:
     }
   t_bf = {k: v.float().numpy() for k, v in t_bf.items()}
   bf = load_vae(path, dtype="bfloat16")
-  mean, logvar = nnx.jit(WanVAE.encode)(bf, _cl(x))
-  video = nnx.jit(WanVAE.decode)(bf, _cl(z))
-  ours = {"mean": _cf(mean), "logvar": _cf(logvar), "video": _cf(video)}
+  mean, logvar = nnx.jit(WanVAE.encode)(bf, refs.to_channels_last(x))
+  video = nnx.jit(WanVAE.decode)(bf, refs.to_channels_last(z))
+  cf = refs.to_channels_first
+  ours = {"mean": cf(mean), "logvar": cf(logvar), "video": cf(video)}
 
   shapes = ", ".join(f"{t}x{h}x{w}" for t, h, w in VAE_SHAPES)
   rows = []
@@ -143,11 +137,11 @@ def vae_rows(tmp: str) -> list[dict]:
         "diffusers AutoencoderKLWan",
         f"video T x H x W = {shapes}" + ("" if key != "video" else " (latents of these)"),
         max(e[key] for e in per_shape.values()),
-        TOL,
+        refs.VAE_TOL,
         bf16=dict(
-          ours=_rel(ours[key], ref[key]),
-          reference=_rel(t_bf[key], ref[key]),
-          bound=BF16_BOUND[key],
+          ours=rel_err(ours[key], ref[key]),
+          reference=rel_err(t_bf[key], ref[key]),
+          bound=refs.VAE_BF16_BOUND[key],
           max_ratio_to_reference=2.0,
           vs="diffusers fp32",
           at="5x32x32",
@@ -169,16 +163,15 @@ def clip_rows(tmp: str) -> list[dict]:
 
   from pose_jax.convert.encoders import load_clip_vision
   from pose_jax.models.encoders.image_preprocess import preprocess
-  from tests.models.test_clip_vision import pixels, torch_clip, torch_outputs
 
   rows = []
   for act in ("gelu", "quick_gelu"):
-    tm = torch_clip(act)
+    tm = refs.torch_clip(act)
     path = os.path.join(tmp, f"clip_{act}")
     tm.save_pretrained(path)
     model = load_clip_vision(path)
-    x = pixels()
-    ref = torch_outputs(tm, x)
+    x = refs.clip_pixels()
+    ref = refs.torch_clip_outputs(tm, x)
     out = model.penultimate(x)
     err = rel_err(out, ref.hidden_states[-2].numpy())
     others = {
@@ -248,16 +241,14 @@ def umt5_rows(tmp: str) -> list[dict]:
 
   from pose_jax.convert.encoders import load_umt5
   from pose_jax.models.encoders.tokenizer import encode_prompts, load_tokenizer
-  from tests.models.test_umt5 import batch, torch_forward, torch_umt5
-  from tests.test_conditioning import _tokenizer  # the same WordLevel vocab as test_umt5
 
-  tm = torch_umt5()
+  tm = refs.torch_umt5()
   path = os.path.join(tmp, "umt5")
   tm.save_pretrained(path)
   model = load_umt5(path)
-  ids_np, mask_np = batch()
+  ids_np, mask_np = refs.umt5_batch()
   ids, mask = jnp.asarray(ids_np, jnp.int32), jnp.asarray(mask_np)
-  ref = torch_forward(tm, ids_np, mask_np)
+  ref = refs.torch_umt5_forward(tm, ids_np, mask_np)
   out = np.asarray(model(ids, mask))
   valid = mask_np.astype(bool)
   bf_out = np.asarray(load_umt5(path, dtype="bfloat16")(ids, mask))
@@ -276,11 +267,11 @@ def umt5_rows(tmp: str) -> list[dict]:
       "UMT5 encoder",
       "transformers UMT5EncoderModel",
       f"B=2, lengths 12 and 7 right-padded to 12, {cfg.num_layers} layers (valid positions)",
-      masked_rel(out, ref, valid),
+      masked_rel_err(out, ref, valid),
       1e-5,
       bf16=dict(
-        ours=masked_rel(bf_out, out, valid),
-        reference=masked_rel(hf_bf16, out, valid),
+        ours=masked_rel_err(bf_out, out, valid),
+        reference=masked_rel_err(hf_bf16, out, valid),
         bound=5e-2,
         max_ratio_to_reference=1.25,
         vs="ours fp32",
@@ -289,7 +280,7 @@ def umt5_rows(tmp: str) -> list[dict]:
   ]
 
   tok_dir = os.path.join(tmp, "tokenizer")
-  _tokenizer().save_pretrained(tok_dir)
+  tiny.tokenizer().save_pretrained(tok_dir)  # the tokenizer_dir of tests/models/test_umt5.py
   tok = load_tokenizer(tok_dir)
   prompts = ["  a cat &amp;amp; dog\n runs on   the beach ", "red car at night in the rain zebra"]
   pipe = types.SimpleNamespace(text_encoder=tm, tokenizer=tok)
@@ -314,20 +305,19 @@ def umt5_rows(tmp: str) -> list[dict]:
 # --- conditioning stack -------------------------------------------------------------------------
 def conditioning_rows(tmp: str) -> list[dict]:
   from pose_jax.conditioning import ConditioningStack
-  from tests.test_conditioning import make_image, pipeline_reference, tiny_pipeline
 
-  pipe = tiny_pipeline()
+  pipe = tiny.tiny_pipeline()
   folder = os.path.join(tmp, "wan_i2v_pipe")
   pipe.save_pretrained(folder)
   stack = ConditioningStack.from_pretrained(folder)
   height, width = 32, 48
-  image = make_image()
+  image = tiny.make_image()
   prompts = ["  a cat &amp;amp; dog\n runs on   the beach ", "red car at night in the rain"]
   negative = "blue city at sunset"
   keys = ("cond", "image_tokens", "text_tokens", "negative_text_tokens")
   per_frames = {}
   for frames in (5, 9):
-    ref = pipeline_reference(pipe, image, prompts, negative, frames, height, width)
+    ref = refs.pipeline_reference(pipe, image, prompts, negative, frames, height, width)
     out = stack.encode(
       image, prompts, num_frames=frames, height=height, width=width, negative_prompt=negative
     )

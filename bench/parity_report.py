@@ -3,7 +3,7 @@
   python bench/parity_report.py [--out bench/results/parity.json]
                                 [--only dit,vae,clip,umt5,conditioning]
 
-Builds the same tiny random torch oracles as the tests (imported from ``tests/``), loads them
+Builds the same tiny random torch oracles as the tests (from ``tests/helpers/``), loads them
 through our converters, and reports ``max |ours - ref| / max |ref|`` per module: the Wan DiT
 (forward and backward, I2V and T2V), the Wan VAE, CLIP vision (+ preprocessing), UMT5 (+ Wan
 prompt encoding) and the I2V conditioning stack vs ``WanImageToVideoPipeline``. Where the tests

@@ -50,18 +50,18 @@ def build(layers: int):
   from pose_jax.models.wan import WanTransformer, preset
   from pose_jax.models.wan.vae import WanVAE, WanVAEConfig
   from pose_jax.sampling.pipeline import I2VPipeline
-  from tests.test_conditioning import _tokenizer
+  from tests.helpers.tiny import tokenizer
 
   rngs = nnx.Rngs(0)
   stack = ConditioningStack(
     vae=WanVAE(WanVAEConfig(**VAE), rngs=rngs),
     image_encoder=CLIPVisionEncoder(CLIPVisionConfig(**CLIP), rngs=rngs),
     text_encoder=UMT5Encoder(UMT5Config(**UMT5), rngs=rngs),
-    tokenizer=_tokenizer(),
+    tokenizer=tokenizer(),
     clip_preprocess=dict(shortest_edge=224, crop_size=(224, 224)),
   )
   dit = WanTransformer(preset("i2v_14b", num_layers=layers, **DIT), rngs=rngs)
-  return I2VPipeline.from_model(stack, dit), dit.cfg
+  return I2VPipeline.from_model(stack, dit)
 
 
 def main():
@@ -78,14 +78,16 @@ def main():
   import jax
   import numpy as np
 
-  pipe, cfg = build(args.layers)
+  pipe = build(args.layers)
   image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
   prompt, negative = "a red car on the beach at sunset", "blue city night rain"
   video = dict(num_frames=args.frames, height=args.size, width=args.size)
   shape = pipe.latent_shape(1, **video)
   noise = pipe.make_noise(shape, seed=0)
   runs = {
-    "teacher": dict(mode="teacher", steps=args.teacher_steps, cfg=args.cfg, scheduler="euler"),
+    "teacher": dict(
+      mode="teacher", steps=args.teacher_steps, guidance_scale=args.cfg, scheduler="euler"
+    ),
     "student": dict(mode="student", steps=1),
   }
   conds = {
@@ -132,7 +134,7 @@ def main():
   dit_calls = args.teacher_steps * (2 if args.cfg != 1.0 else 1)
   result = dict(
     what="teacher Euler with CFG vs one-step student; same random I2V model",
-    dit_config=dict(DIT, num_layers=args.layers, dim=cfg.dim),
+    dit_config=dict(DIT, num_layers=args.layers, dim=pipe.wan_config.dim),
     umt5=UMT5,
     clip=CLIP,
     vae=VAE,

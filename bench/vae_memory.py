@@ -87,7 +87,6 @@ def main():
   ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "vae_memory.json"))
   args = ap.parse_args()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  import pose_jax  # noqa: F401  (flax eager sharding off)
 
   rows = []
   for dtype in args.dtypes.split(","):

@@ -5,12 +5,10 @@ Conventions used across the package:
   * Parameters carry *logical* axis names (see :mod:`pose_jax.sharding`); they are mapped to the
     mesh axes ``('data', 'fsdp', 'context', 'tensor')`` by one rules table.
   * Models are built abstract first and materialised straight into their sharding
-    (:func:`pose_jax.sharding.create_sharded`), so flax's eager per-variable sharding is switched
-    off here: a model can also be built without any mesh (tests, conversion).
+    (:func:`pose_jax.sharding.create_state`); no parameter is sharded eagerly
+    (:func:`pose_jax.models.layers.param`), so a model can also be built without any mesh
+    (tests, conversion) whatever flax's ``flax_always_shard_variable`` says.
+  * Importing the package changes no global setting.
 """
-
-import flax
-
-flax.config.update("flax_always_shard_variable", False)
 
 __version__ = "0.1.0"

@@ -116,13 +116,17 @@ def read_clip_preprocess(path: str) -> dict[str, Any]:
 
   Only the standard CLIP recipe is ported; any other setting raises ValueError.
   """
-  cfg = read_config(path, "preprocessor_config.json")
-  size, crop = cfg.get("size", 224), cfg.get("crop_size", 224)
+  config_json = read_config(path, "preprocessor_config.json")
+  size, crop = config_json.get("size", 224), config_json.get("crop_size", 224)
   size = {"shortest_edge": size} if isinstance(size, int) else size
   crop = {"height": crop, "width": crop} if isinstance(crop, int) else crop
-  bad = [f"{k}={cfg[k]!r}" for k, want in _CLIP_RECIPE.items() if cfg.get(k, want) != want]
-  if not math.isclose(cfg.get("rescale_factor", 1 / 255), 1 / 255, rel_tol=1e-6):
-    bad.append(f"rescale_factor={cfg['rescale_factor']}")
+  bad = [
+    f"{k}={config_json[k]!r}"
+    for k, want in _CLIP_RECIPE.items()
+    if config_json.get(k, want) != want
+  ]
+  if not math.isclose(config_json.get("rescale_factor", 1 / 255), 1 / 255, rel_tol=1e-6):
+    bad.append(f"rescale_factor={config_json['rescale_factor']}")
   if set(size) != {"shortest_edge"}:
     bad.append(f"size={size} (only shortest_edge)")
   if bad:
@@ -130,8 +134,8 @@ def read_clip_preprocess(path: str) -> dict[str, Any]:
   return {
     "shortest_edge": int(size["shortest_edge"]),
     "crop_size": (int(crop["height"]), int(crop["width"])),
-    "mean": tuple(cfg.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),
-    "std": tuple(cfg.get("image_std", (0.26862954, 0.26130258, 0.27577711))),
+    "mean": tuple(config_json.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),
+    "std": tuple(config_json.get("image_std", (0.26862954, 0.26130258, 0.27577711))),
   }
 
 

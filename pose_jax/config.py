@@ -68,7 +68,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _fail("train.batch_size", f"{t.batch_size} is not divisible by {num_processes} processes")
   if t.micro_batches < 1 or (t.batch_size // num_processes) % t.micro_batches:
     _fail("train.micro_batches", f"{t.micro_batches} does not divide the per-process batch")
-  if config.eval.get("every", 0) < 0:
+  if config.eval.every < 0:
     _fail("eval.every", f"{config.eval.every} must be >= 0 (0: sample only at phase ends)")
   if config.ckpt.every < 1 or config.ckpt.keep < 1:
     _fail("ckpt", "every and keep must be >= 1")

@@ -1,8 +1,11 @@
-"""Entry point: ``python -m pose_jax.main --config=configs/toy_i2v.py [--config.key=value ...]``."""
+"""Entry point: ``python -m pose_jax.main --config=configs/toy_i2v.py [--config.key=value ...]``.
+
+Kept short: flags, multi-process JAX, config validation, then ``training.train.run``, which
+builds everything else (data, models, state, evals) and prints the toy report for toy data.
+A preempted run (SIGTERM) exits 0 after its checkpoint; rerunning the command resumes it.
+"""
 
 from __future__ import annotations
-
-import os
 
 import jax
 from absl import app, flags
@@ -48,54 +51,6 @@ def _init_distributed() -> None:
   )
 
 
-def _data(config, workdir: str):
-  """``(train iterator, eval batch | None)`` for ``config.data``."""
-  from pose_jax.data import records
-
-  per_process = config.train.batch_size // jax.process_count()
-  if config.data.kind == "toy":
-    from pose_jax.data import toy
-
-    root = os.path.join(workdir, "data")
-    if jax.process_count() > 1:  # deterministic: each process builds its own copy, no races
-      root = os.path.join(root, f"process_{jax.process_index()}")
-    if not os.path.exists(os.path.join(root, "train", records.META)):
-      toy.build_dataset(root, size=config.data.size, frames=config.data.frames, seed=config.seed)
-    train_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
-  else:
-    train_dir, eval_dir = config.data.path, config.data.get("eval_path", "")
-  iterator = records.make_iterator(train_dir, per_process, seed=config.seed)
-  eval_batch = None
-  if eval_dir and os.path.exists(os.path.join(eval_dir, records.META)):
-    n = min(8, records.read_meta(eval_dir)["num_examples"])
-    eval_batch = next(records.make_iterator(eval_dir, n, shuffle=False, shard_by_process=False))
-  return iterator, eval_batch
-
-
-def _eval_sampler(config, eval_batch):
-  """Sample videos + proxy metrics at eval steps: toy codec for toy data, the Wan VAE of
-  ``config.eval.pipeline`` for real data (none without it)."""
-  if eval_batch is None:
-    return None
-  from pose_jax.training import evals
-
-  if config.data.kind == "toy":
-    decode = evals.toy_decoder()
-  elif config.eval.pipeline:
-    decode = evals.vae_decoder(config.eval.pipeline)
-  else:
-    print("eval: no config.eval.pipeline (a diffusers folder with the VAE): no sample videos")
-    return None
-  return evals.EvalSampler(
-    _WORKDIR.value,
-    eval_batch,
-    decode,
-    config_lib.wan_config(config.model),
-    config.eval.every,
-    fps=config.eval.fps,
-  )
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -104,27 +59,11 @@ def main(argv) -> None:
   config_lib.validate(config, jax.device_count(), jax.process_count())
   from pose_jax.training import train  # here: keeps --help fast
 
-  iterator, eval_batch = _data(config, _WORKDIR.value)
   try:
-    result = train.run(config, _WORKDIR.value, iterator, _eval_sampler(config, eval_batch))
+    train.run(config, _WORKDIR.value)
   except train.Preempted as e:
     print(e, flush=True)
     raise SystemExit(0) from None
-  if eval_batch is not None and config.data.kind == "toy":
-    from pose_jax.training import toy_eval
-
-    report = toy_eval.report(
-      result.models,
-      result.state,
-      result.teacher,
-      eval_batch,
-      teacher_steps=config.eval.teacher_steps,
-      shift=config.pose.flow_shift,
-      cfg=config.pose.cfg_real,
-    )
-    print("one-step samples on held-out photos (toy codec, decoded):")
-    for name, m in report.items():
-      print(f"  {name:18s} " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,14 @@ Mesh axes are always the four ``MESH_AXES`` (size 1 where unused):
   context sequence (video-token) parallelism
   tensor  Megatron-style tensor parallelism over heads / FFN width
 
-Parameters are annotated with the logical names below where they are created; activations are
-constrained with :func:`constrain` only at block boundaries and around attention.
+Parameters are annotated with the logical names below where they are created (and are never
+sharded eagerly: :func:`pose_jax.models.layers.param`); activations are constrained with
+:func:`constrain`, by the activation tuples below, only at block boundaries and around attention.
+
+Every model is built abstract first (:func:`abstract_state`: shapes and shardings, nothing
+allocated; also the orbax restore target), then initialised straight into its sharding
+(:func:`create_state`), so no device ever holds an unsharded copy. nnx filters (e.g.
+``LoRAParam``) select part of a model's state: only that part is ever created.
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ ACT_LENGTH = "act_length"  # video tokens
 ACT_EMBED = "act_embed"
 ACT_HEADS = "act_heads"
 ACT_KV = "act_kv"  # keys/values of attention (gathered for context parallelism)
+# Activation axes of the tensors constrained in the models.
+HIDDEN = (ACT_BATCH, ACT_LENGTH, ACT_EMBED)  # [B, L, D] the DiT's residual stream
+QUERIES = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, None)  # [B, L, N, K] queries, attention output
+KEYS_VALUES = (ACT_BATCH, ACT_KV, ACT_HEADS, None)  # [B, S, N, K] keys and values
+TOKENS = (ACT_BATCH, None, None)  # [B, S, D] the text/image encoders' tokens
 
 # logical name -> mesh axes. Order of the table is the documentation.
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
@@ -121,31 +132,59 @@ def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
   )
 
 
-def abstract_model(make_model: Callable[[], nnx.Module], mesh: Mesh, rules=RULES):
-  """``(graphdef, abstract_state)``: ShapeDtypeStructs carrying their NamedShardings.
+def _check_filters(filters) -> None:
+  for f in filters:  # a rules table is a tuple too: nnx would read its names as path filters
+    if isinstance(f, tuple) and f and all(isinstance(r, tuple) and len(r) == 2 for r in f):
+      raise TypeError("a rules table was passed as an nnx filter; pass it as rules=...")
 
-  Nothing is allocated; this is also the orbax restore target.
+
+def _split(model, filters):
+  """``(graphdef, state)``: the state of ``model``'s variables matching any of ``filters`` (all
+  of them when there are none)."""
+  if not filters:
+    return nnx.split(model)
+  graphdef, state, _ = nnx.split(model, nnx.Any(*filters), ...)
+  return graphdef, state
+
+
+def abstract_state(make: Callable[[], nnx.Module], mesh: Mesh | None, *filters, rules=RULES):
+  """``(graphdef, state)`` of the model ``make()`` builds, nothing allocated: the state of its
+  variables that match ``filters`` (all of them when none are given), as
+  ``jax.ShapeDtypeStruct``s carrying their ``NamedSharding``s on ``mesh`` (no sharding when
+  ``mesh`` is None). Also the orbax restore target.
+
+  ``make`` takes no arguments and builds the model (with its own ``nnx.Rngs``). The graphdef is
+  the whole model's, so ``nnx.merge(graphdef, state, rest)`` works with the rest of its state.
   """
-  with axis_rules(rules):
-    return nnx.get_abstract_model(make_model, mesh)
+  _check_filters(filters)
+  with contextlib.ExitStack() as stack:
+    if mesh is not None:
+      stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(axis_rules(rules))
+    graphdef, state = _split(nnx.eval_shape(make), filters)
+  if mesh is None:
+    return graphdef, state
+  shardings = state_shardings(state, mesh, rules)
+  sds = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+  return graphdef, jax.tree.map(sds, state, shardings)
 
 
-def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules=RULES) -> nnx.Module:
-  """Builds a model with every parameter created directly in its final sharding.
-
-  ``make_model`` takes no arguments and builds the model (with its own ``nnx.Rngs``). The model
-  is traced abstractly first; initialisation then runs under ``jit`` with the derived
-  ``out_shardings``, so no device ever holds an unsharded copy.
+def create_state(make: Callable[[], nnx.Module], mesh: Mesh | None, *filters, rules=RULES):
+  """``(graphdef, state)`` as :func:`abstract_state`, with the state initialised under ``jit``
+  straight into its shardings (``out_shardings``); only the variables matching ``filters`` are
+  ever created (e.g. a LoRA model's base weights never are). ``mesh=None``: on the default
+  device. Without filters, ``nnx.merge(graphdef, state)`` is the module.
   """
-  graphdef, abstract = abstract_model(make_model, mesh, rules)
-  shardings = jax.tree.map(lambda a: a.sharding, abstract)
+  graphdef, abstract = abstract_state(make, mesh, *filters, rules=rules)
 
   def init():
-    return nnx.state(make_model())
+    return _split(make(), filters)[1]
 
-  with jax.set_mesh(mesh), axis_rules(rules):
-    state = jax.jit(init, out_shardings=shardings)()
-  return nnx.merge(graphdef, state)
+  if mesh is None:
+    return graphdef, jax.jit(init)()
+  shardings = jax.tree.map(lambda a: a.sharding, abstract)
+  with use_mesh(mesh, rules):
+    return graphdef, jax.jit(init, out_shardings=shardings)()
 
 
 def state_shardings(state, mesh: Mesh, rules=RULES):
@@ -159,3 +198,13 @@ def use_mesh(mesh: Mesh, rules=RULES):
   """Mesh + rules context for tracing sharded computations."""
   with jax.set_mesh(mesh), axis_rules(rules):
     yield mesh
+
+
+def path_str(path) -> str:
+  """``student/blocks/attn1/to_q/kernel`` from a jax key path (nnx's ``.value`` dropped)."""
+  parts = []
+  for k in path:
+    name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
+    if name != "value":
+      parts.append(str(name))
+  return "/".join(parts)

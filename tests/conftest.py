@@ -1,4 +1,6 @@
-"""Test set-up: 8 fake CPU devices (set before jax is imported anywhere)."""
+"""Test set-up: 8 fake CPU devices (set before jax is imported anywhere), the session's shared
+fixtures, and the launch/*.sh tests' ``env`` fixture (plugin ``tests.helpers.launch_env``).
+Markers and warning filters live in ``pytest.ini``."""
 
 import os
 
@@ -13,9 +15,7 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: end-to-end tests (run in CI too)")
+pytest_plugins = ["tests.helpers.launch_env"]
 
 
 @pytest.fixture
@@ -30,6 +30,3 @@ def toy_reference_run(tmp_path_factory, worker_id):
 
   base = tmp_path_factory.getbasetemp()
   return toy_runs.reference_run(base if worker_id == "master" else base.parent)
-
-
-from tests.helpers.launch_env import env  # noqa: E402, F401  (the launch/*.sh tests' fixture)

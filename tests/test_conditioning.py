@@ -1,10 +1,11 @@
 """I2V conditioning stack: parity with ``WanImageToVideoPipeline``'s own intermediate tensors.
 
-The oracle is a tiny random diffusers pipeline (UMT5, CLIP vision, a perturbed AutoencoderKLWan
-with random latent statistics, a tiny DiT, a local WordLevel tokenizer) written once with
-``save_pretrained`` and read back by :meth:`ConditioningStack.from_pretrained`. References are
-its ``encode_prompt``, ``encode_image`` and ``prepare_latents`` outputs, fed the way
-``__call__`` feeds them (``video_processor.preprocess(image, height=, width=)`` first).
+The oracle is a tiny random diffusers pipeline (:func:`tests.helpers.tiny.tiny_pipeline`: UMT5,
+CLIP vision, a perturbed AutoencoderKLWan with random latent statistics, a tiny DiT, a local
+WordLevel tokenizer) written once with ``save_pretrained`` and read back by
+:meth:`ConditioningStack.from_pretrained`. References are its ``encode_prompt``, ``encode_image``
+and ``prepare_latents`` outputs, fed the way ``__call__`` feeds them
+(:func:`tests.helpers.torch_refs.pipeline_reference`).
 """
 
 import json
@@ -13,9 +14,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-import transformers
-from PIL import Image
 
 from pose_jax.conditioning import (
   ConditioningStack,
@@ -26,109 +24,9 @@ from pose_jax.conditioning import (
   resize_for_vae,
 )
 from pose_jax.convert.errors import CheckpointError
-
-WORDS = "a cat dog runs on the beach at sunset & red blue car city night rain".split()
-Z, CLIP_DIM, TEXT_DIM = 4, 24, 32
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def _perturb(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn_like(p) * scale)
-  return model.eval()
-
-
-def _tokenizer() -> transformers.PreTrainedTokenizerFast:
-  from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-  return transformers.PreTrainedTokenizerFast(
-    tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-  )
-
-
-def tiny_pipeline(seed: int = 0):
-  from diffusers import (
-    AutoencoderKLWan,
-    FlowMatchEulerDiscreteScheduler,
-    WanImageToVideoPipeline,
-    WanTransformer3DModel,
-  )
-
-  torch.manual_seed(seed)
-  text_encoder = transformers.UMT5EncoderModel(
-    transformers.UMT5Config(
-      vocab_size=100,
-      d_model=TEXT_DIM,
-      d_kv=8,
-      d_ff=64,
-      num_layers=2,
-      num_heads=4,
-      relative_attention_num_buckets=8,
-      relative_attention_max_distance=16,
-    )
-  )
-  image_encoder = transformers.CLIPVisionModel(
-    transformers.CLIPVisionConfig(
-      hidden_size=CLIP_DIM,
-      intermediate_size=48,
-      num_hidden_layers=3,
-      num_attention_heads=2,
-      image_size=32,
-      patch_size=8,
-    )
-  )
-  vae = AutoencoderKLWan(
-    base_dim=8,
-    z_dim=Z,
-    dim_mult=[1, 2, 4, 4],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[False, True, True],
-    dropout=0.0,
-    latents_mean=torch.randn(Z).tolist(),
-    latents_std=(0.5 + torch.rand(Z)).tolist(),
-  )
-  transformer = WanTransformer3DModel(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=2 * Z + 4,
-    out_channels=Z,
-    text_dim=TEXT_DIM,
-    freq_dim=32,
-    ffn_dim=64,
-    num_layers=1,
-    image_dim=CLIP_DIM,
-    added_kv_proj_dim=32,
-  )
-  return WanImageToVideoPipeline(
-    tokenizer=_tokenizer(),
-    text_encoder=_perturb(text_encoder),
-    vae=_perturb(vae),
-    scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-    image_processor=transformers.CLIPImageProcessor(
-      size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ),
-    image_encoder=_perturb(image_encoder),
-    transformer=transformer.eval(),
-  )
-
-
-def make_image(height: int = 37, width: int = 53) -> np.ndarray:
-  """Deterministic, smooth-ish non-square uint8 image (gradients + noise)."""
-  y, x = np.mgrid[:height, :width]
-  base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (height + width)], -1)
-  noise = np.random.default_rng(3).integers(-40, 40, base.shape)
-  return np.clip(base + noise, 0, 255).astype(np.uint8)
+from tests.helpers.numerics import rel_err
+from tests.helpers.tiny import CLIP_DIM, TEXT_DIM, Z, make_image, tiny_pipeline
+from tests.helpers.torch_refs import pipeline_reference
 
 
 @pytest.fixture(scope="module")
@@ -137,38 +35,6 @@ def setup(tmp_path_factory):
   folder = tmp_path_factory.mktemp("wan_i2v_pipe")
   pipe.save_pretrained(folder)
   return pipe, str(folder), ConditioningStack.from_pretrained(str(folder))
-
-
-def pipeline_reference(pipe, image, prompts, negative, frames, height, width):
-  """The pipeline's tensors, channels-last, computed as ``__call__`` computes them."""
-  cpu = torch.device("cpu")
-  pil = Image.fromarray(image)
-  with torch.no_grad():
-    text, neg = pipe.encode_prompt(
-      prompts, negative, do_classifier_free_guidance=True, max_sequence_length=512, device=cpu
-    )
-    image_tokens = pipe.encode_image(pil, cpu).repeat(len(prompts), 1, 1)
-    pixels = pipe.video_processor.preprocess(pil, height=height, width=width).to(cpu, torch.float32)
-    _, cond = pipe.prepare_latents(
-      pixels,
-      len(prompts),
-      Z,
-      height,
-      width,
-      frames,
-      torch.float32,
-      cpu,
-      torch.Generator().manual_seed(0),
-      None,
-      None,
-    )
-  return {
-    "cond": cond.numpy().transpose(0, 2, 3, 4, 1),
-    "image_tokens": image_tokens.numpy(),
-    "text_tokens": text.numpy(),
-    "negative_text_tokens": neg.numpy(),
-    "pixels": pixels.numpy().transpose(0, 2, 3, 1),
-  }
 
 
 @pytest.mark.parametrize("frames", [5, 9])

@@ -1,6 +1,7 @@
 """The CLI entry point and config validation."""
 
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -10,15 +11,7 @@ from ml_collections import config_flags  # noqa: F401  (loads configs the way ma
 
 from pose_jax import config as config_lib
 from tests.helpers import ROOT
-
-
-def _load(name, arg=None):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+from tests.helpers.tiny import load_config
 
 
 def _main(*flags):
@@ -56,7 +49,7 @@ def test_main_rejects_misspelt_override_and_bad_values():
   ],
 )
 def test_validate_names_the_bad_key(key, value, message):
-  config = _load("toy_i2v")
+  config = load_config("toy_i2v")
   section, name = key.split(".")
   config[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
@@ -64,7 +57,7 @@ def test_validate_names_the_bad_key(key, value, message):
 
 
 def test_distillation_without_a_teacher_is_refused():
-  config = _load("toy_i2v")
+  config = load_config("toy_i2v")
   config.pose.phases, config.pose.steps = ("equilibrium",), (5,)
   with pytest.raises(config_lib.ConfigError, match="config.ckpt.init_from: empty"):
     config_lib.validate(config, num_devices=8)
@@ -74,18 +67,18 @@ def test_distillation_without_a_teacher_is_refused():
 
 def test_wan_i2v_config_is_valid_and_14b():
   for variant, (h, w, shift) in {"480p": (480, 832, 3.0), "720p": (720, 1280, 5.0)}.items():
-    config = _load("wan_i2v", variant)
+    config = load_config("wan_i2v", variant)
     config.data.path = "/data/shards"
     config.ckpt.init_from = "gs://bucket/teacher"
     config_lib.validate(config, num_devices=64)
     assert (config.data.height, config.data.width, config.pose.flow_shift) == (h, w, shift)
     assert config_lib.wan_config(config.model).num_layers == 40
   with pytest.raises(ValueError, match="unknown variant"):
-    _load("wan_i2v", "4k")
+    load_config("wan_i2v", "4k")
 
 
 def test_readme_test_command_is_what_ci_runs():
-  readme = open(os.path.join(ROOT, "README.md")).read()
+  readme = pathlib.Path(ROOT, "README.md").read_text()
   blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S)
-  ci = open(os.path.join(ROOT, ".ci", "run")).read()
+  ci = pathlib.Path(ROOT, ".ci", "run").read_text()
   assert len(blocks) >= 2 and blocks[1].strip() in ci

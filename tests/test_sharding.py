@@ -1,5 +1,7 @@
-"""Sharding of WanTransformer on meshes of 8 fake CPU devices."""
+"""Sharding of WanTransformer on meshes of 8 fake CPU devices; abstract-first creation; no eager
+sharding (models build without a mesh whatever flax's default says)."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from pose_jax import sharding as shd
+from pose_jax.models.layers import LoRAParam
 from pose_jax.models.wan import WanTransformer, preset
+from pose_jax.pose import models as pose_models
+from pose_jax.pose.config import PoseConfig
 
 CFG = preset("tiny")  # D=32, 2 heads, ffn 64, 2 layers
 # Expected spec and per-device shard shape for a few parameters, per mesh (data, fsdp, ctx, tensor).
@@ -53,7 +58,7 @@ def reference():
 def test_params_sharded_and_forward_matches_unsharded(shape, reference):
   ref_state, ref_out = reference
   mesh = shd.make_mesh(shape)
-  model = shd.create_sharded(lambda: WanTransformer(CFG, rngs=nnx.Rngs(0)), mesh)
+  model = nnx.merge(*shd.create_state(lambda: WanTransformer(CFG, rngs=nnx.Rngs(0)), mesh))
   f, t = mesh.shape["fsdp"], mesh.shape["tensor"]
   flat = {tuple(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model))}
   for path, (spec, shard_shape) in EXPECT.items():
@@ -73,9 +78,9 @@ def test_params_sharded_and_forward_matches_unsharded(shape, reference):
   np.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-5 * float(jnp.abs(ref_out).max()))
 
 
-def test_abstract_model_allocates_nothing_and_carries_shardings():
+def test_abstract_state_allocates_nothing_and_carries_shardings():
   mesh = shd.make_mesh((1, 8, 1, 1))
-  _, abstract = shd.abstract_model(
+  _, abstract = shd.abstract_state(
     lambda: WanTransformer(preset("i2v_14b"), rngs=nnx.Rngs(0)), mesh
   )
   q = abstract["blocks"]["attn1"]["to_q"]["kernel"]
@@ -83,6 +88,48 @@ def test_abstract_model_allocates_nothing_and_carries_shardings():
   assert q.shape == (40, 5120, 5120)
   assert q.sharding.spec == P(None, "fsdp", "tensor")
   assert q.sharding.shard_shape(q.shape) == (40, 640, 5120)
+
+
+def test_filtered_state_is_only_that_part_and_merges_with_the_rest():
+  mesh = shd.make_mesh((2, 4, 1, 1))
+  make = lambda: WanTransformer(CFG.replace(lora_rank=2), rngs=nnx.Rngs(1))
+  graphdef, lora = shd.create_state(make, mesh, LoRAParam)
+  _, abstract = shd.abstract_state(make, mesh, LoRAParam)
+  names = {p[-1] for p, _ in nnx.to_flat_state(lora)}
+  assert names == {"lora_a", "lora_b"}
+  assert jax.tree.structure(lora) == jax.tree.structure(abstract)
+  for a, b in zip(jax.tree.leaves(lora), jax.tree.leaves(abstract)):
+    assert a.sharding == b.sharding and (a.shape, a.dtype) == (b.shape, b.dtype)
+  a = lora["blocks"]["attn1"]["to_q"]["lora_a"][...]
+  assert a.sharding.spec == P(None, "fsdp", None) and a.shape == (2, 32, 2)
+  _, base = nnx.split(WanTransformer(CFG, rngs=nnx.Rngs(0)))
+  model = nnx.merge(graphdef, lora, base)  # the LoRA on another model's base weights
+  np.testing.assert_array_equal(
+    model.patch_embedding.kernel[...], base["patch_embedding"]["kernel"][...]
+  )
+  with pytest.raises(TypeError, match="rules="):
+    shd.abstract_state(make, mesh, shd.RULES)
+
+
+def test_building_needs_no_mesh_with_flax_eager_sharding_on():
+  """Every parameter is created with ``eager_sharding=False``: with flax's default
+  (``flax_always_shard_variable=True``, which importing pose_jax leaves alone) and no mesh,
+  the models build, and sharded creation still gives the logical PartitionSpecs."""
+  assert flax.config.flax_always_shard_variable  # flax's default: nothing flipped it
+  with nnx.use_eager_sharding(True):
+    with pytest.raises(ValueError, match="mesh"):  # what a plain annotated Param would do
+      nnx.Param(jnp.zeros((2,)), out_sharding=(shd.EMBED,))
+    knobs = PoseConfig(lora_rank=2, d_width=16, d_heads=2, d_num_queries=2)
+    models, teacher, lora, head = pose_models.build(CFG, knobs)
+    variables = [v for s in (teacher, lora, head) for _, v in nnx.to_flat_state(s)]
+    assert variables and all(v.eager_sharding is False for v in variables)
+    mesh = shd.make_mesh((1, 4, 1, 2))
+    _, teacher, lora, _ = pose_models.build(CFG, knobs, mesh=mesh)
+  q = teacher["blocks"]["attn1"]["to_q"]["kernel"][...]
+  assert q.sharding.spec == P(None, "fsdp", "tensor")
+  assert q.addressable_shards[0].data.shape == (2, 32 // 4, 32 // 2)
+  b = lora["blocks"]["ffn"]["proj_in"]["lora_b"][...]
+  assert b.sharding.spec == P(None, None, "tensor")
 
 
 def test_mesh_and_rule_errors():

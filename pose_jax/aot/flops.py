@@ -1,13 +1,24 @@
 """Model FLOPs of the POSE steps, counted analytically (XLA's cost analysis counts a scanned
 layer body once, so it undercounts by the number of layers).
 
-Matmuls only (2 m n k): the DiT's weight matmuls and attention, LoRA deltas, embedders and the
-semantic head. Per pass: forward 1x; backward with weight and input gradients 2x; input
-gradients only (frozen weights) 1x for weight matmuls, 2x for attention. The passes each phase
-makes are read off :mod:`pose_jax.pose.phases` (:func:`phase_passes`).
+The convention, named ``analytic-mfu`` in the AOT report (its ``flops_convention`` key):
+
+  * ``model_flops``: matmul FLOPs (2 m n k) of the DiT passes one step makes on the global
+    batch (``passes``: each phase's record in :mod:`pose_jax.pose.phases`, :func:`phase_passes`):
+    the DiT's weight matmuls, self- and cross-attention QK^T and PV, the LoRA deltas, the
+    embedders and the semantic head. Elementwise ops, norms, RoPE and the optimizer are not
+    counted.
+  * Per pass: forward 1x; backward with weight and input gradients 2x; input gradients only
+    (frozen weights) 1x for weight matmuls and 2x for attention, plus the LoRA weight gradients
+    for F.
+  * Remat recompute is not in ``model_flops`` (the MFU convention); it is reported separately,
+    ``remat_recompute_flops``.
+  * ``xla_flops_undercounted``: XLA's cost analysis, which counts a scanned layer body once.
 """
 
 from __future__ import annotations
+
+from pose_jax.pose import phases
 
 
 def dit_flops(cfg, batch: int, grid, text_len: int, image_len: int, blocks=None, lora_rank=0):
@@ -73,46 +84,23 @@ def _pass(fl, backward: str) -> float:
   raise ValueError(backward)
 
 
-def phase_passes(phase: str, knobs, cfg, taps) -> list[tuple[str, int, str, str]]:
+SAMPLE = "sample"  # the one-step sampler: a pseudo-phase with FLOPs but no record
+
+
+def phase_passes(phase: str, knobs) -> list[tuple[str, int, str, str]]:
   """``[(what, count, model, backward)]``: the DiT passes one step of ``phase`` makes on the
-  whole batch (read off :mod:`pose_jax.pose.phases`; micro-batching splits the batch, not the
-  count).
+  whole batch (its record's ``passes``, :mod:`pose_jax.pose.phases`; micro-batching splits the
+  batch, not the count).
   ``model``: ``dit`` (all blocks + head), ``lora`` (F = teacher + LoRA), ``taps`` (blocks up to
   the last tapped one, no head)."""
-  cfg_passes = lambda scale: 1 if scale == 1.0 else 2
-  if phase == "pretrain":
-    return [("G flow matching", 1, "dit", "full")]
-  if phase == "sample":
+  if phase == SAMPLE:
     return [("G one-step", 1, "dit", "none")]
-  vsd = [
-    ("R teacher (CFG)", cfg_passes(knobs.cfg_real), "dit", "none"),
-    ("F fake score (LoRA grads)", 1, "lora", "lora"),
-  ]
-  # Each extra LoRA-only update (fake_updates_per_step > 1, phases that train the LoRA): a
-  # fresh G sample without gradients, then F forward + backward.
-  extra = (knobs.fake_updates_per_step - 1) * (phase == "priming" or bool(knobs.joint))
-  out = []
-  if extra:
-    out += [("G for extra fake updates", extra, "dit", "none")]
-    out += [("F extra fake updates", extra, "lora", "lora")]
-  if phase == "priming":
-    return [("G on x_s", 1, "dit", "full"), *vsd, *out]
-  if phase != "equilibrium":
-    raise ValueError(phase)
-  trainable = knobs.d_backbone == "trainable_copy"
-  out += [
-    ("G one-step on noise", 1, "dit", "full"),
-    ("D backbone on fake (grad to G)", 1, "taps", "input"),
-  ]
-  if trainable:
-    out += [("D backbone on fake/real/perturbed (own grads)", 3, "taps", "full")]
-  else:
-    out += [("D backbone on real + perturbed", 2, "taps", "none")]
-  if knobs.joint:
-    out += vsd
-  if knobs.lam_cons:
-    out += [("R teacher for C-SDS", cfg_passes(knobs.cons_cfg), "dit", "none")]
-  return out
+  return phases.get(phase).passes(knobs)
+
+
+def _calls_head(phase: str, knobs) -> bool:
+  """The discriminator head runs exactly where it is trained."""
+  return phase != SAMPLE and "head" in phases.get(phase).trains(knobs)
 
 
 def phase_flops(phase, knobs, cfg, taps, batch: int, grid, text_len, image_len) -> dict:
@@ -124,14 +112,14 @@ def phase_flops(phase, knobs, cfg, taps, batch: int, grid, text_len, image_len) 
     "taps": dit_flops(cfg, batch, grid, text_len, image_len, blocks=max(taps) + 1),
   }
   rows, total, recompute = [], 0.0, 0.0
-  for what, count, model, backward in phase_passes(phase, knobs, cfg, taps):
+  for what, count, model, backward in phase_passes(phase, knobs):
     fl = models[model]
     flops = count * _pass(fl, backward)
     total += flops
     if backward != "none" and cfg.remat != "none":  # blocks re-run forward in the backward
       recompute += count * (fl["blocks_w"] + fl["attn"] + fl["lora"])
     rows.append(dict(what=what, count=count, model=model, backward=backward, flops=flops))
-  if phase == "equilibrium":
+  if _calls_head(phase, knobs):
     total += head_flops(knobs, cfg, taps, batch, models["dit"]["tokens"], text_len, image_len)
   return dict(
     model_flops=total,

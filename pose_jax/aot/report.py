@@ -10,7 +10,7 @@ import re
 
 import jax
 
-from pose_jax.training.optim import path_str
+from pose_jax.sharding import path_str
 
 GIB = 1024**3
 

@@ -11,6 +11,12 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
+from jax.experimental import mesh_utils, topologies
+from jax.sharding import AxisType, Mesh
+
+from pose_jax import sharding as shd
+
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
@@ -25,7 +31,7 @@ class Chip:
 
 # Peak bf16 per chip (Cloud TPU docs): v4 275, v5e 197, v5p 459, v6e 918, tpu7x (Ironwood) 2307
 # TF/s. Usable HBM per device is libtpu's limit as its RESOURCE_EXHAUSTED messages state it
-# (v5e 15.75G and v5p 95.74G seen here; v4 and v6e from ../shared/notes/tpu_aot.md); tpu7x's
+# (v5e 15.75G and v5p 95.74G seen here; v4 and v6e from libtpu reports seen elsewhere); tpu7x's
 # (192 GB per chip, 2 devices) is an unverified estimate.
 CHIPS = {
   "v4": Chip("v4", 30.75, 275.0, 1, True, "megacore", 3),
@@ -105,8 +111,7 @@ def parse_topology(name: str) -> Topology:
 
 
 def topology_devices(topo: Topology):
-  from jax.experimental import topologies
-
+  """The topology's devices as libtpu describes them (compile targets, not attached chips)."""
   desc = topologies.get_topology_desc(
     platform="tpu",
     topology_name=topo.topology_name,
@@ -121,12 +126,6 @@ def topology_devices(topo: Topology):
 def make_mesh(shape, devices):
   """The config's ``MESH_AXES`` mesh over the topology's devices, laid out on the physical torus
   (``mesh_utils.create_device_mesh``), axis types Auto like :func:`pose_jax.sharding.make_mesh`."""
-  import numpy as np
-  from jax.experimental import mesh_utils
-  from jax.sharding import AxisType, Mesh
-
-  from pose_jax import sharding as shd
-
   sizes = tuple(shd.resolve_mesh_shape(shape, len(devices)).values())
   try:
     grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)

@@ -59,29 +59,20 @@ Items = Iterable[tuple[str, np.ndarray]]
 Target = strict.Target
 
 
-def _same(w: np.ndarray) -> np.ndarray:
-  return w
-
-
-def _linear(w: np.ndarray) -> np.ndarray:
-  if w.ndim != 2:
-    raise CheckpointError(f"expected a 2-D linear weight, got shape {w.shape}")
-  return np.ascontiguousarray(w.T)
-
-
+@strict.transform(lambda s: (s[2] * s[3] * s[1], s[0]) if len(s) == 4 else None)
 def _conv_to_dense(w: np.ndarray) -> np.ndarray:
   """Conv2d ``[D, C, P, P]`` -> ``[P*P*C, D]`` matching ``(ph pw c)`` patch flattening."""
-  if w.ndim != 4:
-    raise CheckpointError(f"expected a 4-D conv weight, got shape {w.shape}")
   d, c, ph, pw = w.shape
   return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(ph * pw * c, d))
 
 
+@strict.transform(lambda s: s[2:] if len(s) == 3 and s[:2] == (1, 1) else s)
 def _wan_cls(w: np.ndarray) -> np.ndarray:
   """Wan's class embedding ``[1, 1, D]`` -> ``[D]`` (other shapes are left for strict to report)."""
   return w[0, 0] if w.ndim == 3 and w.shape[:2] == (1, 1) else w
 
 
+@strict.transform(lambda s: s[1:] if len(s) == 3 and s[0] == 1 else s)
 def _wan_pos(w: np.ndarray) -> np.ndarray:
   """Wan's position embedding ``[1, L, D]`` -> ``[L, D]``."""
   return w[0] if w.ndim == 3 and w.shape[0] == 1 else w
@@ -89,16 +80,16 @@ def _wan_pos(w: np.ndarray) -> np.ndarray:
 
 def _param(module: tuple[str, ...], leaf: str, layer: int | None) -> Target:
   if leaf == "weight" and module and "norm" not in module[-1]:
-    return Target((*module, "kernel"), layer, _linear)
-  return Target((*module, leaf), layer, _same)
+    return Target((*module, "kernel"), layer, strict.LINEAR)
+  return Target((*module, leaf), layer)
 
 
 # --- CLIP vision --------------------------------------------------------------------------------
 _HF_CLIP_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _HF_CLIP_SKIP = ("visual_projection.weight", "embeddings.position_ids")
 _HF_CLIP_TOP = {
-  "embeddings.class_embedding": Target(("class_embedding",), None, _same),
-  "embeddings.position_embedding.weight": Target(("position_embedding",), None, _same),
+  "embeddings.class_embedding": Target(("class_embedding",), None),
+  "embeddings.position_embedding.weight": Target(("position_embedding",), None),
   "embeddings.patch_embedding.weight": Target(("patch_embedding", "kernel"), None, _conv_to_dense),
 }
 
@@ -111,7 +102,7 @@ def clip_hf_key(key: str) -> Target | None:
   if m:
     return _param(("layers", *m.group(2).split(".")), m.group(3), int(m.group(1)))
   m = re.match(r"^(pre_layrnorm|post_layernorm)\.(weight|bias)$", key)
-  return Target(m.groups(), None, _same) if m else None
+  return Target(m.groups(), None) if m else None
 
 
 def _clip_hf_items(reader: SafetensorsReader) -> Iterator[tuple[str, np.ndarray]]:
@@ -141,10 +132,10 @@ _WAN_CLIP_TOP = {
   "visual.cls_embedding": Target(("class_embedding",), None, _wan_cls),
   "visual.pos_embedding": Target(("position_embedding",), None, _wan_pos),
   "visual.patch_embedding.weight": Target(("patch_embedding", "kernel"), None, _conv_to_dense),
-  "visual.pre_norm.weight": Target(("pre_layrnorm", "weight"), None, _same),
-  "visual.pre_norm.bias": Target(("pre_layrnorm", "bias"), None, _same),
-  "visual.post_norm.weight": Target(("post_layernorm", "weight"), None, _same),
-  "visual.post_norm.bias": Target(("post_layernorm", "bias"), None, _same),
+  "visual.pre_norm.weight": Target(("pre_layrnorm", "weight"), None),
+  "visual.pre_norm.bias": Target(("pre_layrnorm", "bias"), None),
+  "visual.post_norm.weight": Target(("post_layernorm", "weight"), None),
+  "visual.post_norm.bias": Target(("post_layernorm", "bias"), None),
 }
 
 
@@ -194,15 +185,15 @@ _TIED = "encoder.embed_tokens.weight"
 def umt5_hf_key(key: str) -> Target | None:
   """transformers ``UMT5EncoderModel`` key -> target (None: no such parameter)."""
   if key == "shared.weight":
-    return Target(("shared",), None, _same)
+    return Target(("shared",), None)
   if key == "encoder.final_layer_norm.weight":
-    return Target(("final_layer_norm", "weight"), None, _same)
+    return Target(("final_layer_norm", "weight"), None)
   m = _HF_T5_BLOCK.match(key)
   if not m:
     return None
   layer, sub, name = int(m.group(1)), m.group(2), m.group(3)
   if (sub, name) == ("0", "SelfAttention.relative_attention_bias"):
-    return Target(("blocks", "attn", "relative_attention_bias"), layer, _same)
+    return Target(("blocks", "attn", "relative_attention_bias"), layer)
   if (sub, name) in _HF_T5_RENAME:
     return _param(("blocks", *_HF_T5_RENAME[(sub, name)]), "weight", layer)
   return None
@@ -225,15 +216,15 @@ _WAN_T5_RENAME = {
 def umt5_wan_key(key: str) -> Target | None:
   """Wan ``T5Encoder`` key -> target (None: no such parameter)."""
   if key == "token_embedding.weight":
-    return Target(("shared",), None, _same)
+    return Target(("shared",), None)
   if key == "norm.weight":
-    return Target(("final_layer_norm", "weight"), None, _same)
+    return Target(("final_layer_norm", "weight"), None)
   m = _WAN_T5_BLOCK.match(key)
   if not m:
     return None
   layer, name = int(m.group(1)), m.group(2)
   if name == "pos_embedding.embedding":
-    return Target(("blocks", "attn", "relative_attention_bias"), layer, _same)
+    return Target(("blocks", "attn", "relative_attention_bias"), layer)
   if name in _WAN_T5_RENAME:
     return _param(("blocks", *_WAN_T5_RENAME[name]), "weight", layer)
   return None
@@ -265,15 +256,14 @@ def _build(
   make: Callable[[], nnx.Module],
   items: Items,
   key_map,
-  stacked_name: str,
-  num_layers: int,
+  stacked: str,
   mesh: Mesh | None,
 ):
-  """Fills an abstractly built model from ``items``; arrays go to ``mesh`` shardings if given."""
+  """Fills an abstractly built model from ``items`` (parameters under ``stacked`` have a leading
+  layer axis); arrays go to ``mesh`` shardings if given."""
   graphdef, state = nnx.split(nnx.eval_shape(make))
   targets = strict.flat_shapes(state, nnx.Param)
-  stacked = {p: num_layers for p in targets if p[0] == stacked_name}
-  buffers = strict.fill(items, targets, key_map, stacked)
+  buffers = strict.fill(items, targets, key_map, stacked=stacked)
   shardings = None
   if mesh is not None:
     shardings = {
@@ -327,7 +317,6 @@ def load_clip_vision(path: str, *, mesh: Mesh | None = None, **runtime) -> CLIPV
     _clip_hf_items(reader),
     clip_hf_key,
     "layers",
-    cfg.num_layers,
     mesh,
   )
 
@@ -341,7 +330,6 @@ def load_umt5(path: str, *, mesh: Mesh | None = None, **runtime) -> UMT5Encoder:
     _umt5_hf_items(reader),
     umt5_hf_key,
     "blocks",
-    cfg.num_layers,
     mesh,
   )
 
@@ -360,7 +348,6 @@ def load_clip_vision_wan(
     items,
     clip_wan_key,
     "layers",
-    cfg.num_layers,
     mesh,
   )
 
@@ -378,6 +365,5 @@ def load_umt5_wan(
     _torch_items(path),
     umt5_wan_key,
     "blocks",
-    cfg.num_layers,
     mesh,
   )

@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from tqdm import tqdm
 
-from pose_jax.convert import importer, orbax_io, wan_diffusers, wan_original
+from pose_jax.convert import importer, orbax_io, strict, wan_diffusers, wan_original
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.models.wan import WanConfig
 
@@ -160,7 +160,7 @@ def plan_entries(
   ]
   if missing or unexpected or wrong:
     named = ((missing, "missing"), (unexpected, "unexpected"), (wrong, "wrong shape"))
-    parts = [f"{name} {importer.listing(v)}" for v, name in named if v]
+    parts = [f"{name} {strict.listing(v)}" for v, name in named if v]
     hint = " (LoRA parameters must be merged first)" if any("lora" in u for u in unexpected) else ""
     raise CheckpointError("parameters do not match the config; " + "; ".join(parts) + hint)
   entries = []
@@ -276,10 +276,10 @@ def export_checkpoint(
     if len(shards) == 1
     else [f"{WEIGHTS}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   )
-  cfg_json = config.to_diffusers() if fmt == "diffusers" else wan_original.config_json(config)
+  config_json = config.to_diffusers() if fmt == "diffusers" else wan_original.config_json(config)
   total = sum(e.nbytes for e in entries)
   try:
-    (tmp / "config.json").write_text(json.dumps(cfg_json, indent=2))
+    (tmp / "config.json").write_text(json.dumps(config_json, indent=2))
     arrays = _arrays(reader, entries, config)
     with tqdm(
       total=total, unit="B", unit_scale=True, desc=f"export {fmt}", disable=not progress

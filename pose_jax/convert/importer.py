@@ -1,9 +1,10 @@
 """Streamed import: diffusers or original Wan2.1 safetensors -> a model checkpoint (orbax).
 
-Everything is checked from the safetensors headers before a byte of weights is read: every
-source key must map to a parameter of the model built from the config, every parameter (and
-every layer of a stacked one) must be filled exactly once, shapes must match after the layout
-transform and dtypes must be floating point. One :class:`CheckpointError` lists all problems.
+Everything is checked from the safetensors headers before a byte of weights is read, by the
+matcher the in-memory loaders use (:func:`strict.check`): every source key must map to a
+parameter of the model built from the config, every parameter (and every layer of a stacked
+one) must be filled exactly once, shapes must match after the layout transform; and dtypes must
+be floating point. One :class:`CheckpointError` lists all problems.
 
 Then each target parameter is written piece by piece (:class:`orbax_io.LazyArray`): a stacked
 ``blocks/...`` array of L layers reads its L source tensors one at a time. Tensors are read with
@@ -107,17 +108,6 @@ def target_specs(cfg: WanConfig) -> dict[strict.Path, object]:
   return strict.flat_shapes(nnx.state(model, nnx.Param))
 
 
-def _transformed_shape(transform, shape: tuple[int, ...]) -> tuple[int, ...] | None:
-  if transform is wan_diffusers._linear:
-    return shape[::-1] if len(shape) == 2 else None
-  if transform is wan_diffusers._conv_to_dense:
-    if len(shape) != 5:
-      return None
-    d, c, pt, ph, pw = shape
-    return (pt * ph * pw * c, d)
-  return shape
-
-
 def _key_map(fmt: str):
   if fmt == "diffusers":
     return wan_diffusers.key_map
@@ -129,10 +119,10 @@ def _key_map(fmt: str):
 def _source_config(src: str, fmt: str, tensors: dict[str, TensorInfo]) -> WanConfig:
   if fmt == "diffusers":
     return WanConfig.from_diffusers(read_config(src))  # a .safetensors file alone needs --config
-  cfg_file = epath.Path(src) / "config.json"
-  cfg_json = read_config(src) if cfg_file.is_file() else None
+  config_file = epath.Path(src) / "config.json"
+  config_json = read_config(src) if config_file.is_file() else None
   try:
-    return wan_original.infer_config({k: t.shape for k, t in tensors.items()}, cfg_json)
+    return wan_original.infer_config({k: t.shape for k, t in tensors.items()}, config_json)
   except ValueError as e:
     raise CheckpointError(f"{src}: {e} (pass the architecture with --config)") from e
 
@@ -154,12 +144,6 @@ class ImportPlan:
   largest_target: tuple[str, int]  # (param path, bytes)
 
 
-def listing(items: list, limit: int = 20) -> str:
-  """``name (n): [first items...]`` for error messages (a 14B model has ~1300 keys)."""
-  more = f", ... {len(items) - limit} more" if len(items) > limit else ""
-  return f"({len(items)}): {items[:limit]}"[:-1] + more + "]"
-
-
 def plan_import(
   src: str, fmt: str = "diffusers", dtype: str | None = None, config: WanConfig | None = None
 ) -> ImportPlan:
@@ -171,49 +155,16 @@ def plan_import(
     raise ValueError(f"unsupported dtype (choose from {sorted(DTYPE_ALIASES)})")
   cfg = cfg.replace(param_dtype=dtype, lora_rank=0)
   targets = target_specs(cfg)
-  key_map = _key_map(fmt)
   pieces = collections.defaultdict(dict)  # path -> {layer: (key, transform)}
-  unexpected, mismatched, bad_dtype, duplicate = [], [], [], []
-  for key, info in tensors.items():
-    tgt = key_map(key)
-    if tgt is None or tgt.path not in targets:
-      unexpected.append(key)
-      continue
-    if info.dtype not in ST_DTYPES:
-      bad_dtype.append(f"{key}: {info.dtype}")
-      continue
-    spec = targets[tgt.path]
-    stacked = tgt.path[0] == "blocks"
-    want = spec.shape[1:] if stacked else spec.shape
-    got = _transformed_shape(tgt.transform, info.shape)
-    if stacked and tgt.layer is not None and tgt.layer >= spec.shape[0]:
-      mismatched.append(f"{key}: layer {tgt.layer}, but the model has {spec.shape[0]} layers")
-      continue
-    if got != tuple(want) or stacked != (tgt.layer is not None):
-      where = "" if tgt.layer is None else f"[layer {tgt.layer}]"
-      mismatched.append(
-        f"{key}: source {info.shape} -> {'/'.join(tgt.path)}{where} expects {tuple(want)}"
-      )
-      continue
-    if tgt.layer in pieces[tgt.path]:
-      duplicate.append(f"{key} and {pieces[tgt.path][tgt.layer][0]}")
+
+  def place(key: str, tgt: strict.Target, info: TensorInfo) -> None:
     pieces[tgt.path][tgt.layer] = (key, tgt.transform)
-  missing = []
-  for path, spec in targets.items():
-    want = set(range(spec.shape[0])) if path[0] == "blocks" else {None}
-    lost = want - set(pieces.get(path, {}))
-    if lost:
-      missing.append("/".join(path) + ("" if lost == {None} else f" layers {sorted(lost)}"))
-  problems = [
-    (missing, "missing"),
-    (unexpected, "unexpected"),
-    (mismatched, "wrong shape"),
-    (bad_dtype, "unsupported dtype"),
-    (duplicate, "duplicate"),
-  ]
-  if any(p for p, _ in problems):
-    parts = [f"{name} {listing(p)}" for p, name in problems if p]
-    raise CheckpointError(f"{src}: checkpoint does not match the model; " + "; ".join(parts))
+
+  readable = [(k, t) for k, t in tensors.items() if t.dtype in ST_DTYPES]
+  problems = strict.check(readable, targets, _key_map(fmt), stacked="blocks", on_match=place)
+  bad = [f"{k}: {t.dtype}" for k, t in tensors.items() if t.dtype not in ST_DTYPES]
+  problems.unsupported_dtype = bad
+  problems.raise_if_any(src)
 
   params, source_dtypes = {}, {}
   for path, spec in targets.items():

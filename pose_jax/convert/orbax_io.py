@@ -253,7 +253,7 @@ def _single_device_mesh():
 
 
 def _abstract_params(cfg: WanConfig, mesh, rules):
-  return shd.abstract_model(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)), mesh, rules)
+  return shd.abstract_state(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)), mesh, rules=rules)
 
 
 def _restore(path: epath.Path, target: dict) -> dict:
@@ -273,7 +273,7 @@ def restore_params(
   """``(config, params)``: the parameters restored straight into their sharding on ``mesh``.
 
   ``params`` is the nested pure dict (``nnx.replace_by_pure_dict`` puts it into a model); its
-  arrays carry the ``NamedSharding``s of :func:`pose_jax.sharding.abstract_model` (default mesh:
+  arrays carry the ``NamedSharding``s of :func:`pose_jax.sharding.abstract_state` (default mesh:
   the first device). ``param_dtype`` casts on read (default: as stored).
 
   ``like``: an existing parameter tree (an ``nnx.State`` of the model, or its pure dict) whose
@@ -285,9 +285,9 @@ def restore_params(
   cfg = config_from_meta(read_meta(path), lora_rank=0, **runtime)
   if like is None:
     _, abstract = _abstract_params(cfg, mesh or _single_device_mesh(), rules)
-    return cfg, _restore(path, nnx.to_pure_dict(abstract.filter(nnx.Param)))
+    return cfg, _restore(path, nnx.to_pure_dict(nnx.filter_state(abstract, nnx.Param)))
   is_state = isinstance(like, nnx.State)
-  base = like.filter(nnx.All(nnx.Param, nnx.Not(LoRAParam))) if is_state else like
+  base = nnx.filter_state(like, nnx.All(nnx.Param, nnx.Not(LoRAParam))) if is_state else like
   pure = nnx.to_pure_dict(base) if is_state else base
   restored = _restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, pure))
   if not is_state:
@@ -309,9 +309,9 @@ def load_model(path: str, mesh=None, rules=shd.RULES, **runtime) -> WanTransform
   make = lambda: WanTransformer(cfg, rngs=nnx.Rngs(0))
   base_cfg = cfg.replace(lora_rank=0)
   _, base_abstract = _abstract_params(base_cfg, mesh, rules)
-  restored = _restore(path, nnx.to_pure_dict(base_abstract.filter(nnx.Param)))
+  restored = _restore(path, nnx.to_pure_dict(nnx.filter_state(base_abstract, nnx.Param)))
   if cfg.lora_rank:
-    model = shd.create_sharded(make, mesh, rules)
+    model = nnx.merge(*shd.create_state(make, mesh, rules=rules))
   else:
     graphdef, abstract = _abstract_params(cfg, mesh, rules)
     model = nnx.merge(graphdef, abstract)
@@ -351,7 +351,9 @@ class ParamReader:
       raise CheckpointError(f"{self.dir}: no arrays under {'/'.join(prefix) or 'the root'}")
     self._ctx = ts_utils.get_ts_context(use_ocdbt=self._ocdbt)
 
-  def _open(self, path):
+  def open(self, path):
+    """The tensorstore of one stored array (``path`` as in :attr:`specs`), opened for reading;
+    index it and ``.read()`` to read a slice (e.g. one device's shard)."""
     spec = ts_utils.ArrayReadSpec(
       directory=self.dir.as_posix(),
       relative_array_filename=self._names[path],
@@ -364,11 +366,11 @@ class ParamReader:
       raise CheckpointError(f"{self.dir}: cannot open array {'/'.join(path)} ({e})") from e
 
   def read(self, path) -> np.ndarray:
-    return self._open(path).read().result()
+    return self.open(path).read().result()
 
   def layers(self, path) -> Iterator[np.ndarray]:
     """Yields ``array[i]`` for every i, reading one chunk row of the leading axis at a time."""
-    store = self._open(path)
+    store = self.open(path)
     step = max(1, int(store.chunk_layout.read_chunk.shape[0] or 1))
     for start in range(0, store.shape[0], step):
       block = store[start : start + step].read().result()

@@ -19,14 +19,14 @@ from pose_jax.convert.errors import CheckpointError
 
 
 def read_config(path: str, name: str = "config.json") -> dict:
-  cfg_path = os.path.join(path, name)
-  if not os.path.isfile(cfg_path):
-    raise CheckpointError(f"{cfg_path}: no such file (expected a diffusers/transformers config)")
+  config_path = os.path.join(path, name)
+  if not os.path.isfile(config_path):
+    raise CheckpointError(f"{config_path}: no such file (expected a diffusers/transformers config)")
   try:
-    with open(cfg_path) as f:
+    with open(config_path) as f:
       return json.load(f)
   except json.JSONDecodeError as e:
-    raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from e
+    raise CheckpointError(f"{config_path}: not valid JSON ({e})") from e
 
 
 class SafetensorsReader:

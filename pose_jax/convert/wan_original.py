@@ -123,7 +123,7 @@ def config_json(cfg: WanConfig) -> dict:
 
 def infer_config(
   shapes: Mapping[str, tuple[int, ...]],
-  config: Mapping | None = None,
+  config_json: Mapping | None = None,
   head_dim: int = 128,
   **runtime,
 ) -> WanConfig:
@@ -136,13 +136,13 @@ def infer_config(
   lost = [k for k in need if k not in shapes]
   if lost:
     raise ValueError(f"cannot infer a Wan config: keys {lost} are absent")
-  config = dict(config or {})
-  if config.get("model_type", "t2v") not in ("t2v", "i2v"):
-    raise ValueError(f"unsupported Wan model_type={config['model_type']!r} (only t2v, i2v)")
+  config_json = dict(config_json or {})
+  if config_json.get("model_type", "t2v") not in ("t2v", "i2v"):
+    raise ValueError(f"unsupported Wan model_type={config_json['model_type']!r} (only t2v, i2v)")
   dim, in_dim, *patch = shapes["patch_embedding.weight"]
   layers = {int(m.group(1)) for k in shapes if (m := _BLOCK_KEY.match(k))}
   num_layers = max(layers) + 1 if layers else 0
-  num_heads = config.get("num_heads")
+  num_heads = config_json.get("num_heads")
   if not num_heads:
     if dim % head_dim:
       raise ValueError(f"dim {dim} is not a multiple of head_dim {head_dim}: give num_heads")
@@ -154,15 +154,15 @@ def infer_config(
   return WanConfig(
     patch_size=tuple(patch),
     num_heads=num_heads,
-    head_dim=config.get("dim", dim) // num_heads,
-    in_channels=config.get("in_dim", in_dim),
-    out_channels=config.get("out_dim", out_dim),
+    head_dim=config_json.get("dim", dim) // num_heads,
+    in_channels=config_json.get("in_dim", in_dim),
+    out_channels=config_json.get("out_dim", out_dim),
     text_dim=shapes["text_embedding.0.weight"][1],
-    freq_dim=config.get("freq_dim", shapes["time_embedding.0.weight"][1]),
-    ffn_dim=config.get("ffn_dim", ffn[0] if ffn else 4 * dim),
-    num_layers=config.get("num_layers", num_layers),
+    freq_dim=config_json.get("freq_dim", shapes["time_embedding.0.weight"][1]),
+    ffn_dim=config_json.get("ffn_dim", ffn[0] if ffn else 4 * dim),
+    num_layers=config_json.get("num_layers", num_layers),
     cross_attn_norm="blocks.0.norm3.weight" in shapes,
-    eps=config.get("eps", 1e-6),
+    eps=config_json.get("eps", 1e-6),
     image_dim=image[0] if image else None,
     **runtime,
   )

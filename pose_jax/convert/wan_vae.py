@@ -17,6 +17,7 @@ torch is imported only inside :func:`load_vae_wan_pth`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 
@@ -32,20 +33,24 @@ from pose_jax.models.wan.vae import WanVAE, WanVAEConfig, preset
 # --- diffusers key -> our parameter ---------------------------------------------------------
 
 
+@strict.transform(lambda s: (*s[2:], s[1], s[0]) if len(s) == 5 else s)
 def _conv3d(w: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(w.transpose(2, 3, 4, 1, 0)) if w.ndim == 5 else w
 
 
+@strict.transform(lambda s: (*s[2:], s[1], s[0]) if len(s) == 4 else s)
 def _conv2d(w: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(w.transpose(2, 3, 1, 0)) if w.ndim == 4 else w
 
 
+@strict.transform(lambda s: (s[1], s[0]) if len(s) == 4 and s[2:] == (1, 1) else s)
 def _pointwise(w: np.ndarray) -> np.ndarray:
   if w.ndim == 4 and w.shape[2:] == (1, 1):
     return np.ascontiguousarray(w[:, :, 0, 0].T)
   return w
 
 
+@strict.transform(lambda s: s[:1] if len(s) >= 1 and math.prod(s) == s[0] else s)
 def _gamma(w: np.ndarray) -> np.ndarray:
   return w.reshape(w.shape[0]) if w.ndim >= 1 and w.size == w.shape[0] else w
 
@@ -57,7 +62,7 @@ def key_map(key: str) -> strict.Target | None:
   if not module:
     return None
   if leaf == "bias":
-    return strict.Target((*module, "bias"), None, lambda w: w)
+    return strict.Target((*module, "bias"), None)
   if leaf == "gamma":
     return strict.Target((*module, "gamma"), None, _gamma)
   if leaf != "weight":
@@ -150,7 +155,7 @@ def _build(cfg: WanVAEConfig, items: Iterable[tuple[str, np.ndarray]], kmap) -> 
   """A :class:`WanVAE` whose every parameter comes from ``items`` (no random init)."""
   graphdef, state = nnx.split(nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))))
   targets = strict.flat_shapes(state, nnx.Param)
-  buffers = strict.fill(items, targets, kmap, stacked={})
+  buffers = strict.fill(items, targets, kmap)
   for path, var in nnx.to_flat_state(state):
     key = tuple(str(p) for p in path)
     var.set_value(jnp.asarray(buffers[key], dtype=targets[key].dtype))
@@ -161,7 +166,7 @@ def load_vae(path: str, **runtime) -> WanVAE:
   """Builds a :class:`WanVAE` from a diffusers directory (``config.json`` + weights).
 
   ``runtime`` overrides run settings of :class:`WanVAEConfig` (``dtype``, ``param_dtype``).
-  Raises :class:`CheckpointError` listing unexpected, missing and mis-shaped keys.
+  Raises :class:`CheckpointError` listing every unexpected, missing or mis-shaped key.
   """
   cfg = WanVAEConfig.from_diffusers(read_config(path), **runtime)
   return _build(cfg, SafetensorsReader(path).items(), key_map)

@@ -1,4 +1,5 @@
-"""Training data: the example schema, ArrayRecord shards + the grain pipeline, toy clips.
+"""Training data: the example schema, ArrayRecord shards + the grain pipeline, toy clips, and
+``from_config(config, workdir) -> (iterator, eval_batch)``: the data a config names.
 
 ``pose_jax.data.toy`` (toy clips from scikit-image photos and the toy pixel codec) is imported
 on its own: it needs scikit-image and the encoders.
@@ -14,6 +15,7 @@ from pose_jax.data.records import (
   read_meta,
   write_dataset,
 )
+from pose_jax.data.source import from_config
 
 __all__ = [
   "ExampleError",
@@ -21,6 +23,7 @@ __all__ = [
   "SyntheticSource",
   "decode_example",
   "encode_example",
+  "from_config",
   "make_dataset",
   "make_iterator",
   "open_source",

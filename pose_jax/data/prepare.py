@@ -218,20 +218,26 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 # --- CLI --------------------------------------------------------------------------------------
-_VIDEOS = flags.DEFINE_list("videos", None, "Comma-separated glob(s) of video files (mp4, webm).")
-_CAPTIONS = flags.DEFINE_string("captions", None, 'JSON lines {"video": name, "caption": text}.')
-_OUT = flags.DEFINE_string("out", None, "Output directory for shards, meta and summary.")
-_PIPELINE = flags.DEFINE_string("pipeline", None, "Diffusers WanImageToVideoPipeline folder.")
-_FRAMES = flags.DEFINE_integer("frames", 81, "Frames per clip (1 + 4k).")
-_HEIGHT = flags.DEFINE_integer("height", 480, "Clip height (multiple of 16).")
-_WIDTH = flags.DEFINE_integer("width", 832, "Clip width (multiple of 16).")
-_FPS = flags.DEFINE_float("fps", 0.0, "Resample clips to this frame rate (0: native frames).")
-_SHARD_SIZE = flags.DEFINE_integer("shard_size", 64, "Examples per ArrayRecord shard.")
-_NEGATIVE = flags.DEFINE_string("negative_prompt", "", "Prompt encoded as neg_text.")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Encoder compute dtype (float32, bfloat16).")
-_FLOAT_DTYPE = flags.DEFINE_enum(
-  "float_dtype", "float32", ["float32", "float16"], "Stored dtype of the float fields."
-)
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The CLI's flags. Only ``python -m pose_jax.data.prepare`` defines them: absl flags are
+  process-wide and this module is also a library (``--out``, ``--frames``, ``--dtype``, ... are
+  other CLIs' flags too)."""
+  d = dict(flag_values=flag_values)
+  flags.DEFINE_list("videos", None, "Comma-separated glob(s) of video files (mp4, webm).", **d)
+  flags.DEFINE_string("captions", None, 'JSON lines {"video": name, "caption": text}.', **d)
+  flags.DEFINE_string("out", None, "Output directory for shards, meta and summary.", **d)
+  flags.DEFINE_string("pipeline", None, "Diffusers WanImageToVideoPipeline folder.", **d)
+  flags.DEFINE_integer("frames", 81, "Frames per clip (1 + 4k).", **d)
+  flags.DEFINE_integer("height", 480, "Clip height (multiple of 16).", **d)
+  flags.DEFINE_integer("width", 832, "Clip width (multiple of 16).", **d)
+  flags.DEFINE_float("fps", 0.0, "Resample clips to this frame rate (0: native frames).", **d)
+  flags.DEFINE_integer("shard_size", 64, "Examples per ArrayRecord shard.", **d)
+  flags.DEFINE_string("negative_prompt", "", "Prompt encoded as neg_text.", **d)
+  flags.DEFINE_string("dtype", "float32", "Encoder compute dtype (float32, bfloat16).", **d)
+  flags.DEFINE_enum(
+    "float_dtype", "float32", ["float32", "float16"], "Stored dtype of the float fields.", **d
+  )
+  flags.mark_flags_as_required(["videos", "captions", "out", "pipeline"], flag_values)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -239,25 +245,26 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from pose_jax.conditioning import ConditioningStack
 
-  videos = find_videos(_VIDEOS.value)
-  print(f"{len(videos)} video(s) match {_VIDEOS.value}")
-  stack = ConditioningStack.from_pretrained(_PIPELINE.value, dtype=_DTYPE.value)
+  f = flags.FLAGS
+  videos = find_videos(f.videos)
+  print(f"{len(videos)} video(s) match {f.videos}")
+  stack = ConditioningStack.from_pretrained(f.pipeline, dtype=f.dtype)
   summary = prepare(
     videos,
-    read_captions(_CAPTIONS.value),
-    _OUT.value,
+    read_captions(f.captions),
+    f.out,
     stack,
-    frames=_FRAMES.value,
-    height=_HEIGHT.value,
-    width=_WIDTH.value,
-    fps=_FPS.value,
-    shard_size=_SHARD_SIZE.value,
-    negative_prompt=_NEGATIVE.value,
-    float_dtype=_FLOAT_DTYPE.value,
+    frames=f.frames,
+    height=f.height,
+    width=f.width,
+    fps=f.fps,
+    shard_size=f.shard_size,
+    negative_prompt=f.negative_prompt,
+    float_dtype=f.float_dtype,
   )
   print(format_summary(summary))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["videos", "captions", "out", "pipeline"])
+  define_flags()
   app.run(main)

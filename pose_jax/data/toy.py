@@ -27,6 +27,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from flax import nnx
 
 from pose_jax.data.example import MASK_CHANNELS
@@ -316,22 +317,28 @@ __all__ = [
 ]
 
 
+# --- CLI: python -m pose_jax.data.toy --out=DIR [--size=48 --frames=9 ...] -------------------
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The CLI's flags. Only ``python -m pose_jax.data.toy`` defines them: absl flags are
+  process-wide and this module is also a library (the trainer imports it for toy data)."""
+  d = dict(flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Output directory (train/ and eval/ are made in it).", **d)
+  flags.DEFINE_integer("size", 48, "Frame side in pixels (multiple of 16).", **d)
+  flags.DEFINE_integer("frames", 9, "Frames per clip (1 + 4k).", **d)
+  flags.DEFINE_list("holdout", list(HOLDOUT), "Photos kept for the eval split.", **d)
+  flags.DEFINE_integer("clips_per_move", 4, "Training clips per photo and move.", **d)
+  flags.DEFINE_integer("seed", 0, "Seed of the crops and of the random encoders.", **d)
+  flags.mark_flags_as_required(["out"], flag_values)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  metas = build_dataset(f.out, f.size, f.frames, f.holdout, f.clips_per_move, f.seed)
+  print({split: meta["num_examples"] for split, meta in metas.items()})
+
+
 if __name__ == "__main__":
-  from absl import app, flags
-
-  _OUT = flags.DEFINE_string("out", None, "Output directory (train/ and eval/ are made in it).")
-  _SIZE = flags.DEFINE_integer("size", 48, "Frame side in pixels (multiple of 16).")
-  _FRAMES = flags.DEFINE_integer("frames", 9, "Frames per clip (1 + 4k).")
-  _HOLDOUT = flags.DEFINE_list("holdout", list(HOLDOUT), "Photos kept for the eval split.")
-  _CLIPS = flags.DEFINE_integer("clips_per_move", 4, "Training clips per photo and move.")
-  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the crops and of the random encoders.")
-
-  def _main(argv: Sequence[str]) -> None:
-    del argv
-    metas = build_dataset(
-      _OUT.value, _SIZE.value, _FRAMES.value, _HOLDOUT.value, _CLIPS.value, _SEED.value
-    )
-    print({split: meta["num_examples"] for split, meta in metas.items()})
-
-  flags.mark_flags_as_required(["out"])
-  app.run(_main)
+  define_flags()
+  app.run(main)

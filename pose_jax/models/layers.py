@@ -1,4 +1,5 @@
-"""Small building blocks shared by every model: Dense (with optional LoRA), FP32 norms.
+"""Small building blocks shared by every model: Dense (with optional LoRA), FP32 norms, and
+:func:`param`, through which every model parameter is created.
 
 Parameters are stored in ``param_dtype`` and annotated with logical axis names
 (:mod:`pose_jax.sharding`); compute happens in ``dtype`` (``None`` = the input's dtype).
@@ -23,6 +24,15 @@ class LoRAParam(nnx.Param):
   ``graphdef, lora, base = nnx.split(model, LoRAParam, nnx.Param)``; the ``base`` tree then has
   exactly the structure of the same model built with ``lora_rank=0``.
   """
+
+
+def param(value: jax.Array, axes: Sequence[str | None], kind: type[nnx.Param] = nnx.Param):
+  """A parameter (``kind``: ``nnx.Param`` or :class:`LoRAParam`) annotated with the logical
+  ``axes`` and never sharded eagerly (``eager_sharding=False``, whatever flax's
+  ``flax_always_shard_variable`` says): models are built without a mesh (tests, conversion) or
+  abstract first and initialised into their sharding (:func:`pose_jax.sharding.create_state`).
+  """
+  return kind(value, out_sharding=axes, eager_sharding=False)
 
 
 def torch_linear_init(fan_in: int):
@@ -54,23 +64,20 @@ class Dense(nnx.Module):
     rngs: nnx.Rngs,
   ):
     init = torch_linear_init(in_features)
-    self.kernel = nnx.Param(
-      init(rngs.params(), (in_features, out_features), param_dtype), out_sharding=axes
-    )
+    self.kernel = param(init(rngs.params(), (in_features, out_features), param_dtype), axes)
     self.bias = (
-      nnx.Param(init(rngs.params(), (out_features,), param_dtype), out_sharding=axes[1:])
-      if use_bias
-      else None
+      param(init(rngs.params(), (out_features,), param_dtype), axes[1:]) if use_bias else None
     )
     self.lora_rank = lora_rank
     if lora_rank:
       self.lora_scale = (lora_alpha or lora_rank) / lora_rank
-      self.lora_a = LoRAParam(
+      self.lora_a = param(
         torch_linear_init(in_features)(rngs.params(), (in_features, lora_rank), param_dtype),
-        out_sharding=(axes[0], shd.LORA),
+        (axes[0], shd.LORA),
+        LoRAParam,
       )
-      self.lora_b = LoRAParam(
-        jnp.zeros((lora_rank, out_features), param_dtype), out_sharding=(shd.LORA, axes[1])
+      self.lora_b = param(
+        jnp.zeros((lora_rank, out_features), param_dtype), (shd.LORA, axes[1]), LoRAParam
       )
     self.dtype = dtype
 
@@ -92,8 +99,8 @@ class LayerNorm(nnx.Module):
   def __init__(self, dim: int, *, eps: float, affine: bool, axes=(shd.EMBED,), rngs=None):
     del rngs
     self.eps = eps
-    self.weight = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=axes) if affine else None
-    self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32), out_sharding=axes) if affine else None
+    self.weight = param(jnp.ones((dim,), jnp.float32), axes) if affine else None
+    self.bias = param(jnp.zeros((dim,), jnp.float32), axes) if affine else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
@@ -111,7 +118,7 @@ class RMSNorm(nnx.Module):
   def __init__(self, dim: int, *, eps: float, axes: Sequence[str | None] = (shd.HEADS,), rngs=None):
     del rngs
     self.eps = eps
-    self.weight = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=tuple(axes))
+    self.weight = param(jnp.ones((dim,), jnp.float32), tuple(axes))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     xf = x.astype(jnp.float32)

@@ -1,7 +1,8 @@
 """Every decided-but-ablatable detail of POSE as one frozen dataclass (``config.pose``).
 
-Defaults follow ``../shared/notes/pose_method.md``; each field is settable from the command line,
-e.g. ``--config.pose.lam_cons=0`` or ``--config.pose.d_backbone=frozen_teacher``.
+The method and what each field means: ``docs/method.md``; the defaults are its recipe. Each field
+is settable from the command line, e.g. ``--config.pose.lam_cons=0`` or
+``--config.pose.d_backbone=frozen_teacher``; an unknown key or a bad value fails naming the field.
 """
 
 from __future__ import annotations
@@ -86,11 +87,15 @@ class PoseConfig:
 
   @classmethod
   def config_section(cls, **overrides):
-    """``config.pose`` for a ``configs/*.py`` file: these defaults plus ``overrides``. Optional
-    fields become typed placeholders so they can still be set from the command line."""
+    """``config.pose`` for ``configs/common.base()``: these defaults plus ``overrides``.
+    Optional fields become typed placeholders so they can still be set from the command line."""
     from ml_collections import config_dict
 
-    values = {**{f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)}, **overrides}
+    defaults = {f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+      raise ValueError(f"unknown keys {unknown}")
+    values = {**defaults, **overrides}
     for name in cls.__dataclass_fields__:
       if values[name] is None:
         values[name] = config_dict.placeholder(float)

@@ -22,7 +22,7 @@ from flax import nnx
 
 from pose_jax import sharding as shd
 from pose_jax.models.attention import dot_product_attention
-from pose_jax.models.layers import Dense, LayerNorm
+from pose_jax.models.layers import Dense, LayerNorm, param
 
 
 class _Attention(nnx.Module):
@@ -84,8 +84,8 @@ class SemanticHead(nnx.Module):
       raise ValueError(f"head width {width} must be divisible by heads {heads}")
     if conditional and text_dim is None:
       raise ValueError("a conditional head needs text_dim (and image_dim for I2V)")
-    self.queries = nnx.Param(
-      0.02 * jax.random.normal(rngs.params(), (num_queries, width)), out_sharding=(None, None)
+    self.queries = param(
+      0.02 * jax.random.normal(rngs.params(), (num_queries, width)), (None, None)
     )
     self.conditional = conditional
     self.text_proj = (

@@ -1,6 +1,6 @@
 """POSE losses as pure functions. Means are over every element unless stated otherwise.
 
-Notation (``../shared/notes/pose_method.md``): ``x`` clean latent, ``x0g`` the generator's clean
+Notation (``docs/method.md``): ``x`` clean latent, ``x0g`` the generator's clean
 estimate, ``sg`` stop-gradient, ``D`` discriminator logits ``[B]``.
 """
 

@@ -1,9 +1,10 @@
 """Builds the POSE model set from one DiT config: graphdefs plus initial parameter trees.
 
 G (student), E (EMA) and R (teacher) share one graphdef; F adds LoRA to R's graph, so its base
-weights *are* the teacher's (no second copy). Parameters are nnx States. With a mesh, every
-tree is created abstractly first and initialised straight into its sharding (no unsharded
-copy of the DiT ever exists; the LoRA model's base weights are never materialised).
+weights *are* the teacher's (no second copy). Parameters are nnx States, each made by
+:func:`pose_jax.sharding.create_state` (or ``abstract_state``): abstract first, then with a mesh
+initialised straight into its sharding (no unsharded copy of the DiT ever exists; the LoRA
+model's base weights are never materialised).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 from flax import nnx
 
 from pose_jax import sharding as shd
@@ -51,44 +51,23 @@ def _makers(cfg: WanConfig, knobs: PoseConfig, seed: int):
   )
 
 
-def build(cfg: WanConfig, knobs: PoseConfig, seed: int = 0, mesh=None, abstract: bool = False):
+def build(cfg: WanConfig, knobs: PoseConfig, seed: int = 0, mesh=None, abstract=False):
   """``(models, teacher, lora, head)``: graphdefs and freshly initialised States.
 
   With ``mesh``, the States are created directly in their shardings (abstract first). With
   ``abstract=True`` (needs ``mesh``) nothing is allocated: the States hold
-  ``jax.ShapeDtypeStruct``s carrying their shardings (for ahead-of-time compiles).
+  ``jax.ShapeDtypeStruct``s carrying their shardings (for ahead-of-time compiles). A tuple of
+  names (``"dit"``, ``"lora"``, ``"head"``) makes only those abstract (the trainer reads a
+  converted teacher into the abstract ``dit`` State instead of initialising one).
   """
   if abstract and mesh is None:
     raise ValueError("abstract=True needs a mesh (the shardings are part of the result)")
   taps, make = _makers(cfg, knobs, seed)
-  graphdefs, states = {}, {}
-  for name, maker in make.items():
-    filt = (LoRAParam,) if name == "lora" else ()
-    shapes = nnx.eval_shape(maker)
-    if filt:
-      graphdef, _, _ = nnx.split(shapes, LoRAParam, ...)
-    else:
-      graphdef = nnx.graphdef(shapes)
-    graphdefs[name] = graphdef
-
-    def init(maker=maker, filt=filt):
-      module = maker()
-      return nnx.state(module, *filt) if filt else nnx.state(module)
-
-    if mesh is None:
-      states[name] = jax.jit(init)()
-    else:
-      with shd.axis_rules():
-        target = jax.eval_shape(init)
-        shardings = shd.state_shardings(target, mesh)
-      if abstract:
-        states[name] = jax.tree.map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target, shardings
-        )
-        continue
-      with shd.use_mesh(mesh):
-        states[name] = jax.jit(init, out_shardings=shardings)()
-  models = Models(
-    dit=graphdefs["dit"], dit_lora=graphdefs["lora"], head=graphdefs["head"], taps=taps
+  filters = {"dit": (), "lora": (LoRAParam,), "head": ()}  # F: only its LoRA is created
+  lazy = set(make) if abstract is True else set(abstract or ())
+  create = lambda name: shd.abstract_state if name in lazy else shd.create_state
+  (dit, teacher), (dit_lora, lora), (head_def, head) = (
+    create(name)(maker, mesh, *filters[name]) for name, maker in make.items()
   )
-  return models, states["dit"], states["lora"], states["head"]
+  models = Models(dit=dit, dit_lora=dit_lora, head=head_def, taps=taps)
+  return models, teacher, lora, head

@@ -8,7 +8,6 @@ The DiT takes ``1000 t`` as its timestep (diffusers' scale).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 NUM_TRAIN_TIMESTEPS = 1000.0
 
@@ -49,14 +48,11 @@ def sample(
   kind:
     ``uniform``       U[lo, hi], then the shift.
     ``logit_normal``  sigmoid(N(mean, std)) mapped to [lo, hi], then the shift.
-    ``constant``      always ``hi`` (e.g. t = 1 for the one-step generator).
   """
   if kind == "uniform":
     u = jax.random.uniform(key, (batch,), minval=lo, maxval=hi)
   elif kind == "logit_normal":
     u = lo + (hi - lo) * jax.nn.sigmoid(mean + std * jax.random.normal(key, (batch,)))
-  elif kind == "constant":
-    return jnp.full((batch,), hi)
   else:
-    raise ValueError(f"unknown time distribution {kind!r} (uniform | logit_normal | constant)")
+    raise ValueError(f"unknown time distribution {kind!r} (uniform | logit_normal)")
   return shift(u, flow_shift)

@@ -1,6 +1,6 @@
 """Sample image-to-video clips with the one-step student (or the teacher) and write mp4s.
 
-  python -m pose_jax.sampling --pipeline=Wan2.1-I2V-14B-480P-Diffusers --ckpt=workdir/run \
+  python -m pose_jax.sampling --pipeline=Wan2.1-I2V-14B-480P-Diffusers --ckpt=workdir/run
       --image=photo.jpg --prompt="a cat surfing" --out=video.mp4 [--strip=strip.png]
       [--steps=1] [--seed=0] [--frames=81] [--size=480x832 | --max_area=399360]
       [--teacher [--steps=50 --cfg=5.0 --scheduler=unipc|euler --shift=3.0]]
@@ -31,7 +31,8 @@ does not depend on the batching. ``--mesh``: DiT parameters sharded over a
 (data, fsdp, context, tensor) mesh, the batch split over data x fsdp.
 
 Videos are written with H.264 (libx264) when PyAV has it, else MPEG-4 Part 2, at ``--fps``.
-Bad flags, images, sizes and checkpoints exit with status 1 and a one-line message.
+Errors print one line ``error: ...`` (no traceback). Bad flags, images and sizes exit with status
+2 and name the flag; checkpoints that cannot be loaded exit with status 1.
 """
 
 from __future__ import annotations
@@ -42,48 +43,52 @@ import sys
 import time
 from collections.abc import Sequence
 
-from absl import flags
+from absl import app, flags
 
-FLAGS = flags.FlagValues()
-_d = dict(flag_values=FLAGS)
-flags.DEFINE_string("pipeline", None, "Diffusers WanImageToVideoPipeline folder.", **_d)
+from pose_jax import sharding as shd
+from pose_jax.conditioning import ConditioningStack
+from pose_jax.convert.configs import load_config
+from pose_jax.convert.errors import CheckpointError
+from pose_jax.sampling.loading import load_dit, pipeline_mod_value
+from pose_jax.sampling.pipeline import I2VPipeline, fit_image
+from pose_jax.sampling.video_io import read_image, to_uint8, write_mp4, write_strip_png
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("pipeline", None, "Diffusers WanImageToVideoPipeline folder.")
 _CKPT_HELP = "Train workdir, step dir or model checkpoint (default: the pipeline's own DiT)."
-flags.DEFINE_string("ckpt", None, _CKPT_HELP, **_d)
-flags.DEFINE_enum("which", "student", ["student", "ema"], "Workdir weights.", **_d)
-flags.DEFINE_string("step", "latest", "Workdir step: N or latest.", **_d)
+flags.DEFINE_string("ckpt", None, _CKPT_HELP)
+flags.DEFINE_enum("which", "student", ["student", "ema"], "Workdir weights.")
+flags.DEFINE_string("step", "latest", "Workdir step: N or latest.")
 _CONFIG_HELP = (
   "Architecture of a train step without wan_config: preset name or diffusers config.json "
   "(default: the pipeline's transformer/config.json)."
 )
-flags.DEFINE_string("config", None, _CONFIG_HELP, **_d)
-flags.DEFINE_string("image", None, "Input image (first frame).", **_d)
-flags.DEFINE_string("prompt", None, "Text prompt.", **_d)
-flags.DEFINE_string("prompts_file", None, "Lines 'image_path<TAB>prompt' (batch).", **_d)
-flags.DEFINE_string("out", None, "Output .mp4 (numbered with --prompts_file).", **_d)
-flags.DEFINE_string("strip", None, "Also write a PNG strip of frames side by side.", **_d)
-flags.DEFINE_integer("strip_frames", 8, "Frames in the strip.", **_d)
-flags.DEFINE_integer("steps", None, "Sampling steps (default: 1 student, 50 teacher).", **_d)
-flags.DEFINE_integer("seed", 0, "Noise seed.", **_d)
-flags.DEFINE_integer("frames", 81, "Video frames (1 + 4k).", **_d)
-flags.DEFINE_string("size", None, "HxW, e.g. 480x832 (multiples of 16).", **_d)
-flags.DEFINE_integer("max_area", 480 * 832, "Pixel area when --size is not given.", **_d)
-flags.DEFINE_bool("teacher", False, "Sample with the teacher's multi-step solver.", **_d)
+flags.DEFINE_string("config", None, _CONFIG_HELP)
+flags.DEFINE_string("image", None, "Input image (first frame).")
+flags.DEFINE_string("prompt", None, "Text prompt.")
+flags.DEFINE_string("prompts_file", None, "Lines 'image_path<TAB>prompt' (batch).")
+flags.DEFINE_string("out", None, "Output .mp4 (numbered with --prompts_file).")
+flags.DEFINE_string("strip", None, "Also write a PNG strip of frames side by side.")
+flags.DEFINE_integer("strip_frames", 8, "Frames in the strip.")
+flags.DEFINE_integer("steps", None, "Sampling steps (default: 1 student, 50 teacher).")
+flags.DEFINE_integer("seed", 0, "Noise seed.")
+flags.DEFINE_integer("frames", 81, "Video frames (1 + 4k).")
+flags.DEFINE_string("size", None, "HxW, e.g. 480x832 (multiples of 16).")
+flags.DEFINE_integer("max_area", 480 * 832, "Pixel area when --size is not given.")
+flags.DEFINE_bool("teacher", False, "Sample with the teacher's multi-step solver.")
 flags.DEFINE_enum(
   "scheduler",
   "unipc",
   ["unipc", "euler"],
   "Teacher solver (UniPC: what the Wan2.1 diffusers releases ship).",
-  **_d,
 )
-flags.DEFINE_float("shift", 3.0, "Teacher time shift (3 at 480p, 5 at 720p).", **_d)
-flags.DEFINE_float("cfg", None, "Teacher guidance scale (default 5.0; student: 1).", **_d)
-flags.DEFINE_string("negative_prompt", None, "Teacher CFG negative prompt (default '').", **_d)
-flags.DEFINE_string(
-  "mesh", None, "Mesh shape (data, fsdp, context, tensor), e.g. (1,-1,1,1).", **_d
-)
-flags.DEFINE_integer("batch_size", 1, "Samples per DiT call (same size only).", **_d)
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", **_d)
-flags.DEFINE_integer("fps", 16, "Frame rate of the mp4.", **_d)
+flags.DEFINE_float("shift", 3.0, "Teacher time shift (3 at 480p, 5 at 720p).")
+flags.DEFINE_float("cfg", None, "Teacher guidance scale (default 5.0; student: 1).")
+flags.DEFINE_string("negative_prompt", None, "Teacher CFG negative prompt (default '').")
+flags.DEFINE_string("mesh", None, "Mesh shape (data, fsdp, context, tensor), e.g. (1,-1,1,1).")
+flags.DEFINE_integer("batch_size", 1, "Samples per DiT call (same size only).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_integer("fps", 16, "Frame rate of the mp4.")
 
 
 class FlagError(ValueError):
@@ -130,18 +135,6 @@ def read_prompts_file(path: str) -> list[tuple[str, str]]:
   return items
 
 
-def pipeline_mod_value(folder: str) -> int:
-  """VAE stride x DiT patch from the folder's configs (without loading weights)."""
-  from pose_jax.convert.safetensors_io import read_config
-  from pose_jax.models.wan.vae import WanVAEConfig
-
-  vae = WanVAEConfig.from_diffusers(read_config(os.path.join(folder, "vae")))
-  patch = (1, 2, 2)
-  if os.path.isfile(os.path.join(folder, "transformer", "config.json")):
-    patch = read_config(os.path.join(folder, "transformer")).get("patch_size", patch)
-  return vae.spatial_factor * int(patch[1])
-
-
 def numbered(path: str, i: int, many: bool) -> str:
   if not many:
     return path
@@ -151,8 +144,6 @@ def numbered(path: str, i: int, many: bool) -> str:
 
 def check_flags(f) -> dict:
   """Validated settings; raises FlagError naming the flag."""
-  from pose_jax.sampling.video_io import read_image
-
   if not f.pipeline:
     raise FlagError("--pipeline is required (a diffusers WanImageToVideoPipeline folder)")
   if not os.path.isdir(f.pipeline):
@@ -184,10 +175,10 @@ def check_flags(f) -> dict:
   steps = f.steps if f.steps is not None else (50 if f.teacher else 1)
   if steps < 1:
     raise FlagError(f"--steps={steps}: must be at least 1")
-  cfg = f.cfg if f.cfg is not None else (5.0 if f.teacher else 1.0)
+  guidance_scale = f.cfg if f.cfg is not None else (5.0 if f.teacher else 1.0)
   if not f.teacher:
-    if cfg != 1.0:
-      raise FlagError(f"--cfg={cfg}: the student takes no guidance (use --teacher)")
+    if guidance_scale != 1.0:
+      raise FlagError(f"--cfg={guidance_scale}: the student takes no guidance (use --teacher)")
     if f["scheduler"].present:
       raise FlagError("--scheduler applies to --teacher sampling")
   if f.frames < 1 or (f.frames - 1) % 4:
@@ -206,35 +197,29 @@ def check_flags(f) -> dict:
   step = None if f.step == "latest" else f.step
   if step is not None and not step.isdigit():
     raise FlagError(f"--step={f.step}: expected an integer or latest")
+  try:
+    config = load_config(f.config)
+  except CheckpointError as e:  # names --config
+    raise FlagError(str(e)) from e
   return dict(
     items=items,
     images=images,
     mode=mode,
     steps=steps,
-    cfg=cfg,
+    guidance_scale=guidance_scale,
     size=size,
     mod=mod,
     scheduler=f.scheduler if f.teacher else "euler",
     step=None if step is None else int(step),
     mesh=parse_mesh(f.mesh) if f.mesh else None,
+    config=config,
   )
 
 
 # --- run --------------------------------------------------------------------------------------
-def run(f, s: dict) -> list[str]:
-  """Loads the models, samples every item, writes the files; returns the lines it printed."""
-  from pose_jax import sharding as shd
-  from pose_jax.conditioning import ConditioningStack
-  from pose_jax.convert.configs import load_config
-  from pose_jax.sampling.pipeline import I2VPipeline, fit_image, load_dit
-  from pose_jax.sampling.video_io import to_uint8, write_mp4, write_strip_png
-
-  log = []
-
-  def say(line: str) -> None:
-    print(line, flush=True)
-    log.append(line)
-
+def run(f, s: dict) -> None:
+  """Loads the models, samples every item, writes the files and prints a line for each."""
+  say = lambda line: print(line, flush=True)
   mesh = None
   if s["mesh"] is not None:
     try:
@@ -248,7 +233,7 @@ def run(f, s: dict) -> list[str]:
     f.pipeline,
     which=f.which if f.ckpt else None,
     step=s["step"] if f.ckpt else None,
-    config=load_config(f.config),
+    config=s["config"],
     mesh=mesh,
     dtype=f.dtype,
   )
@@ -285,7 +270,7 @@ def run(f, s: dict) -> list[str]:
         mode=s["mode"],
         scheduler=s["scheduler"],
         shift=f.shift,
-        cfg=s["cfg"],
+        guidance_scale=s["guidance_scale"],
         negative_prompt=f.negative_prompt,
         seed=f.seed,
         noise=noise,
@@ -303,41 +288,38 @@ def run(f, s: dict) -> list[str]:
           f"wrote {out}: {f.frames} frames {h}x{w} ({codec}, {f.fps} fps{extra}); "
           f"{sampler} {s['steps']} step(s), batch of {len(idx)} in {secs:.1f}s"
         )
-  return log
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """CLI entry point; returns the exit status (0 ok, 1 bad input or checkpoint)."""
-  argv = list(sys.argv if argv is None else argv)
-  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
-    print(__doc__ + "\nFlags:\n" + FLAGS.get_help())
-    return 0
-  FLAGS.unparse_flags()
+def _exit(error, status: int):
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing; a bad value or an unknown flag exits 2, as the checks below do."""
   try:
-    rest = FLAGS(argv)
+    return FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  if len(rest) > 1:
-    print(f"error: unexpected arguments {rest[1:]}", file=sys.stderr)
-    return 1
-  from pose_jax.convert.errors import CheckpointError
+    _exit(e, 2)
 
+
+def main(argv: Sequence[str]) -> None:
+  """Exits 0 when every video is written, 2 on a bad flag, 1 on a checkpoint that fails."""
+  if len(argv) > 1:
+    _exit(f"unexpected arguments {argv[1:]}", 2)
   try:
-    settings = check_flags(FLAGS)
-    run(FLAGS, settings)
+    run(FLAGS, check_flags(FLAGS))
+  except FlagError as e:
+    _exit(e, 2)
   except (
-    FlagError,
     CheckpointError,
     FileExistsError,
     FileNotFoundError,
     ValueError,
     NotImplementedError,
   ) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+    _exit(e, 1)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main, flags_parser=_parse_flags)

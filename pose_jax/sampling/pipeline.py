@@ -8,14 +8,15 @@ unsharded) + a DiT (graphdef + params, optionally sharded over a mesh). One call
      the same array channels-first) from ``noise=`` or from ``seed`` (our own draw: sample i is
      ``normal(fold_in(key(seed)_0, i))``, so it does not depend on the batch; NOT the torch
      generator's numbers);
-  3. the sampler, jit-compiled whole (static: mode, scheduler, steps, shift, cfg):
+  3. the sampler, jit-compiled whole (static: mode, scheduler, steps, shift,
+     guidance_scale):
        student  ``samplers.student``: ``x0 = eps - G(eps, t=1)``; k steps re-noise to evenly
                 spaced times (key: ``key(seed)_1``). No CFG.
        teacher  ``samplers.teacher_euler`` (= diffusers ``FlowMatchEulerDiscreteScheduler(shift)``)
                 or ``pose_jax.sampling.unipc.teacher_unipc`` (= ``UniPCMultistepScheduler(
                 prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)``),
-                CFG ``v_u + cfg (v_c - v_u)`` when ``cfg != 1`` with the negative prompt
-                (default ``""``, as diffusers);
+                CFG ``v_u + guidance_scale (v_c - v_u)`` when ``guidance_scale != 1``, with
+                the negative prompt (default ``""``, as diffusers);
   4. decode as the pipeline does: ``latents / (1 / latents_std) + latents_mean``, VAE decode
      (clamped to [-1, 1]).
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,12 +46,10 @@ from pose_jax.conditioning import (
   ConditioningStack,
   check_video_size,
   fit_area,
-  load_pipeline_transformer,
 )
-from pose_jax.convert.errors import CheckpointError
-from pose_jax.convert.safetensors_io import read_config
-from pose_jax.models.wan import WanConfig, WanTransformer
+from pose_jax.models.wan import WanConfig
 from pose_jax.sampling import samplers, unipc
+from pose_jax.sampling.loading import load_dit
 
 MODES = ("student", "teacher")
 SCHEDULERS = ("euler", "unipc")
@@ -101,122 +99,44 @@ def check_dit(stack: ConditioningStack, cfg: WanConfig) -> None:
     raise ValueError(f"the DiT does not fit the pipeline's VAE/encoders: {', '.join(bad)}")
 
 
-def _shard_model(model: nnx.Module, mesh, rules) -> nnx.Module:
-  graphdef, state = nnx.split(model)
-  state = jax.device_put(state, shd.state_shardings(state, mesh, rules))
-  return nnx.merge(graphdef, state)
-
-
-def _flat(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, (*prefix, str(k))))
-    else:
-      out[(*prefix, str(k))] = v
-  return out
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-  for k in path[:-1]:
-    tree = tree[k]
-  tree[path[-1]] = value
-
-
-def _load_train_params(item, prefix, cfg: WanConfig, mesh, rules) -> WanTransformer:
-  """A train step's student/EMA tree read straight into its sharding (each device reads its
-  own slice of every array)."""
-  from pose_jax.convert.orbax_io import ParamReader
-
-  reader = ParamReader(item, prefix)
-  graphdef, abstract = shd.abstract_model(
-    lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)), mesh, rules
-  )
-  pure = nnx.to_pure_dict(abstract)
-  want = _flat(pure)
-  missing = sorted("/".join(p) for p in want if p not in reader.specs)
-  extra = sorted("/".join(p) for p in reader.specs if p not in want)
-  wrong = [
-    f"{'/'.join(p)}: stored {reader.specs[p][0]}, config {tuple(s.shape)}"
-    for p, s in want.items()
-    if p in reader.specs and tuple(reader.specs[p][0]) != tuple(s.shape)
-  ]
-  if missing or extra or wrong:
-    raise CheckpointError(
-      f"{item}: parameters do not match the architecture; missing {missing[:5]}, "
-      f"unexpected {extra[:5]}, wrong shape {wrong[:5]} (pass the right --config)"
+# --- the sampler ----------------------------------------------------------------------------
+def check_sampler(mode: str, scheduler: str, steps: int, guidance_scale: float) -> None:
+  """ValueError unless the sampler settings are valid (the student: Euler, no guidance)."""
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r}; one of {MODES}")
+  if scheduler not in SCHEDULERS:
+    raise ValueError(f"scheduler={scheduler!r}; one of {SCHEDULERS}")
+  if int(steps) != steps or steps < 1:
+    raise ValueError(f"steps={steps} must be a positive integer")
+  if mode == "student" and guidance_scale != 1.0:
+    raise ValueError(
+      f"guidance_scale={guidance_scale}: the one-step student takes no classifier-free guidance"
     )
-  for path, sds in want.items():
-    store = reader._open(path)
-
-    def read(index, store=store, dtype=sds.dtype):
-      return np.asarray(store[index].read().result(), dtype=dtype)
-
-    _set(pure, path, jax.make_array_from_callback(sds.shape, sds.sharding, read))
-  nnx.replace_by_pure_dict(abstract, pure)
-  return nnx.merge(graphdef, abstract)
-
-
-def load_dit(
-  ckpt: str | None,
-  pipeline_folder: str | None = None,
-  *,
-  which: str | None = None,
-  step: int | str | None = None,
-  config: WanConfig | None = None,
-  mesh=None,
-  rules=shd.RULES,
-  **runtime,
-) -> tuple[WanTransformer, str]:
-  """``(model, description)`` of the DiT to sample with.
-
-  ``ckpt``: ``None`` (the pipeline folder's own ``transformer/``, i.e. the teacher), a model
-  checkpoint (``python -m pose_jax.convert import``), a training workdir (latest or ``step``;
-  ``which`` = student | ema) or one step directory, as ``convert export --src`` takes. The
-  architecture of a train step without a ``wan_config`` is ``config``, else the pipeline
-  folder's ``transformer/config.json``. ``mesh``: parameters restored straight into their
-  shardings (default: one device). ``runtime``: WanConfig run settings (dtype, attention, ...).
-  """
-  from etils import epath
-
-  from pose_jax.convert import export, orbax_io
-
-  if ckpt is None:
-    if pipeline_folder is None:
-      raise ValueError("no checkpoint and no pipeline folder to take the transformer from")
-    model = load_pipeline_transformer(pipeline_folder, **runtime)
-    model = _shard_model(model, mesh, rules) if mesh is not None else model
-    return model, f"{pipeline_folder}/transformer (the pipeline's own DiT)"
-  root = epath.Path(ckpt)
-  if (root / orbax_io.PARAMS).exists():
-    if which not in (None, "student") or step not in (None, "latest"):
-      raise CheckpointError(f"{ckpt} is a model checkpoint: --which/--step apply to train workdirs")
-    return orbax_io.load_model(ckpt, mesh, rules, **runtime), f"model checkpoint {ckpt}"
-  item, prefix, meta = export.resolve_source(ckpt, step, which)
-  stored_dtype = str(next(iter(orbax_io.ParamReader(item, prefix).specs.values()))[1])
-  if meta is not None:
-    cfg = orbax_io.config_from_meta(meta, **runtime)
-  elif config is not None:
-    cfg = config.replace(**{"param_dtype": stored_dtype, **runtime})
-  elif pipeline_folder is not None and os.path.isfile(
-    os.path.join(pipeline_folder, "transformer", "config.json")
-  ):
-    dit = read_config(os.path.join(pipeline_folder, "transformer"))
-    cfg = WanConfig.from_diffusers(dit, **{"param_dtype": stored_dtype, **runtime})
-  else:
-    raise CheckpointError(f"{item.parent}: no wan_config item; pass the architecture (--config)")
-  cfg = cfg.replace(lora_rank=0)
-  mesh = mesh or shd.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
-  model = _load_train_params(item, prefix, cfg, mesh, rules)
-  return model, f"{which or 'student'} of train step {item.parent}"
+  if mode == "student" and scheduler != "euler":
+    raise ValueError(f"scheduler={scheduler!r} is for the teacher; the student has its own")
 
 
 # --- jitted pieces --------------------------------------------------------------------------
 @functools.partial(
-  jax.jit, static_argnums=(0,), static_argnames=("mode", "scheduler", "steps", "shift", "cfg")
+  jax.jit,
+  static_argnums=(0,),
+  static_argnames=("mode", "scheduler", "steps", "shift", "guidance_scale"),
 )
 def _sample(
-  graphdef, params, noise, cond, text, image, neg_text, key, *, mode, scheduler, steps, shift, cfg
+  graphdef,
+  params,
+  noise,
+  cond,
+  text,
+  image,
+  neg_text,
+  key,
+  *,
+  mode,
+  scheduler,
+  steps,
+  shift,
+  guidance_scale,
 ):
   if mode == "student":
     return samplers.student(graphdef, params, noise, cond, text, image, steps=steps, key=key)
@@ -230,8 +150,8 @@ def _sample(
     image,
     steps=steps,
     shift=shift,
-    guidance_scale=cfg,
-    neg_text=neg_text if cfg != 1.0 else None,
+    guidance_scale=guidance_scale,
+    neg_text=neg_text if guidance_scale != 1.0 else None,
   )
 
 
@@ -264,15 +184,17 @@ class I2VPipeline:
   def from_pretrained(
     cls, folder: str, ckpt: str | None = None, *, mesh=None, rules=shd.RULES, **load_kw
   ) -> I2VPipeline:
-    """The stack of a diffusers pipeline ``folder`` and the DiT of :func:`load_dit` (``ckpt``
-    None: the folder's own transformer). ``load_kw``: which, step, config, dtype, attention."""
+    """The stack of a diffusers pipeline ``folder`` and the DiT of
+    :func:`~pose_jax.sampling.loading.load_dit` (``ckpt`` None: the folder's own transformer).
+    ``load_kw``: which, step, config, dtype, attention."""
     stack_rt = {k: load_kw[k] for k in ("dtype",) if k in load_kw}
     stack = ConditioningStack.from_pretrained(folder, **stack_rt)
     model, _ = load_dit(ckpt, folder, mesh=mesh, rules=rules, **load_kw)
     return cls.from_model(stack, model, mesh, rules)
 
   @property
-  def cfg(self) -> WanConfig:
+  def wan_config(self) -> WanConfig:
+    """The DiT's architecture and run settings."""
     return nnx.merge(self.graphdef, self.params).cfg
 
   def latent_shape(self, batch: int, num_frames: int, height: int, width: int):
@@ -309,13 +231,13 @@ class I2VPipeline:
     mode: str = "student",
     scheduler: str = "euler",
     shift: float = 3.0,
-    cfg: float = 1.0,
+    guidance_scale: float = 1.0,
     key: jax.Array | None = None,
   ) -> jax.Array:
     """The sampler on the DiT only: normalised latents ``[B, N, h, w, Z]``."""
-    check_sampler(mode, scheduler, steps, cfg)
-    if mode == "teacher" and cfg != 1.0 and c.negative_text_tokens is None:
-      raise ValueError("CFG (cfg != 1) needs the negative prompt's text tokens")
+    check_sampler(mode, scheduler, steps, guidance_scale)
+    if mode == "teacher" and guidance_scale != 1.0 and c.negative_text_tokens is None:
+      raise ValueError("CFG (guidance_scale != 1) needs the negative prompt's text tokens")
     key = jax.random.key(0) if key is None else key
     args = [c.cond, c.text_tokens, c.image_tokens, c.negative_text_tokens]
     args = [self._place(jnp.asarray(noise, jnp.float32))] + [self._place(a) for a in args]
@@ -325,7 +247,7 @@ class I2VPipeline:
       scheduler=scheduler,
       steps=int(steps),
       shift=float(shift),
-      cfg=float(cfg) if mode == "teacher" else 1.0,
+      guidance_scale=float(guidance_scale) if mode == "teacher" else 1.0,
     )
     if self.mesh is None:
       return _sample(self.graphdef, self.params, noise, cond, text, image, neg, key, **kw)
@@ -359,7 +281,7 @@ class I2VPipeline:
     mode: str = "student",
     scheduler: str = "euler",
     shift: float = 3.0,
-    cfg: float = 1.0,
+    guidance_scale: float = 1.0,
     negative_prompt: str | None = None,
     seed: int = 0,
     noise=None,
@@ -375,7 +297,7 @@ class I2VPipeline:
     """
     if output_type not in OUTPUT_TYPES:
       raise ValueError(f"output_type={output_type!r}; one of {OUTPUT_TYPES}")
-    check_sampler(mode, scheduler, steps, cfg)
+    check_sampler(mode, scheduler, steps, guidance_scale)
     single = not isinstance(image, list | tuple)
     images = [as_uint8_image(im) for im in ([image] if single else image)]
     if (height is None) != (width is None):
@@ -386,7 +308,7 @@ class I2VPipeline:
       if any(im.shape[:2] != (height, width) for im in images):
         raise ValueError("images of different aspect ratios: give height and width")
     check_video_size(num_frames, height, width, self.stack.mod_value)
-    guided = mode == "teacher" and cfg != 1.0
+    guided = mode == "teacher" and guidance_scale != 1.0
     negative = (negative_prompt or "") if guided else None
     c = self.encode(
       images if not single else images[0],
@@ -403,7 +325,14 @@ class I2VPipeline:
       raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape} [B, N, h, w, Z]")
     key = jax.random.split(jax.random.key(seed))[1]
     latents = self.sample_latents(
-      c, noise, steps=steps, mode=mode, scheduler=scheduler, shift=shift, cfg=cfg, key=key
+      c,
+      noise,
+      steps=steps,
+      mode=mode,
+      scheduler=scheduler,
+      shift=shift,
+      guidance_scale=guidance_scale,
+      key=key,
     )
     if output_type == "latent":
       return latents
@@ -413,17 +342,4 @@ class I2VPipeline:
     return np.clip(np.asarray(video) * 0.5 + 0.5, 0.0, 1.0).astype(np.float32)
 
 
-def check_sampler(mode: str, scheduler: str, steps: int, cfg: float) -> None:
-  if mode not in MODES:
-    raise ValueError(f"mode={mode!r}; one of {MODES}")
-  if scheduler not in SCHEDULERS:
-    raise ValueError(f"scheduler={scheduler!r}; one of {SCHEDULERS}")
-  if int(steps) != steps or steps < 1:
-    raise ValueError(f"steps={steps} must be a positive integer")
-  if mode == "student" and cfg != 1.0:
-    raise ValueError(f"cfg={cfg}: the one-step student takes no classifier-free guidance")
-  if mode == "student" and scheduler != "euler":
-    raise ValueError(f"scheduler={scheduler!r} is for the teacher; the student has its own")
-
-
-__all__ = ["I2VPipeline", "as_uint8_image", "check_dit", "check_sampler", "fit_image", "load_dit"]
+__all__ = ["I2VPipeline", "as_uint8_image", "check_dit", "check_sampler", "fit_image"]

@@ -8,7 +8,6 @@ was interrupted is never listed by ``all_steps()`` / ``latest_step()``.
 from __future__ import annotations
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -33,8 +32,15 @@ def save(mngr, step: int, state, meta: dict, iterator=None, teacher=None, force=
   return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
+def restore_meta(mngr, step: int) -> dict:
+  """The run metadata saved at ``step`` alone (``phase_index``, ``has_teacher``): what picks the
+  restore targets."""
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
 def restore(mngr, step: int, abstract_state, iterator=None, abstract_teacher=None):
-  """``(state, meta, teacher | None)`` restored into the abstract targets' shardings."""
+  """``(state, meta, teacher | None)`` restored into the abstract targets' shardings
+  (``ShapeDtypeStruct``s with shardings); ``iterator`` is restored in place."""
   items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
   if abstract_teacher is not None:
     items["teacher"] = ocp.args.StandardRestore(abstract_teacher)
@@ -42,8 +48,3 @@ def restore(mngr, step: int, abstract_state, iterator=None, abstract_teacher=Non
     items["data"] = grain.checkpoint.CheckpointRestore(iterator)
   out = mngr.restore(step, args=ocp.args.Composite(**items))
   return out["state"], out["meta"], out.get("teacher") if abstract_teacher is not None else None
-
-
-def abstract(tree):
-  """ShapeDtypeStructs (with shardings) of a live pytree: the restore target."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -3,8 +3,9 @@
 The trainable tree has top-level groups ``student`` (the generator G), ``lora`` (the fake-score
 LoRA on the frozen teacher), ``head`` (the discriminator head) and, only with
 ``pose.d_backbone=trainable_copy``, ``backbone`` (the discriminator's own DiT). Each phase trains
-some of them; the rest, and every path matching ``optim.freeze`` regexes, get the label
-``frozen`` (``optax.set_to_zero``: no update, no state). Each trained label has its own
+some of them (``trains`` in its record, :mod:`pose_jax.pose.phases`); the rest, and every path
+matching ``optim.freeze`` regexes, get the label ``frozen`` (``optax.set_to_zero``: no update,
+no state). Each trained label has its own
 learning-rate schedule (``lr``, or per phase ``lr_by_phase``), gradient clipping and AdamW weight
 decay (``config.optim.<group>``; ``backbone`` falls back to ``head``'s settings when
 ``config.optim.backbone`` is absent). The optimizer state is created fresh at the start of each
@@ -20,35 +21,18 @@ import jax
 import ml_collections
 import optax
 
+from pose_jax.pose import phases
+from pose_jax.pose.config import PoseConfig
+from pose_jax.sharding import path_str
+
 GROUPS = ("student", "lora", "head", "backbone")
-TRAINED = {
-  "pretrain": ("student",),
-  "priming": ("student", "lora"),
-  "equilibrium": ("student", "head"),
-}
 FROZEN = "frozen"
 
 
-def trained_groups(phase: str, knobs=None) -> tuple[str, ...]:
-  """The groups ``phase`` trains: ``equilibrium`` adds ``lora`` with ``pose.joint`` (DMD2-style
-  VSD terms) and ``backbone`` with ``pose.d_backbone=trainable_copy``."""
-  if phase not in TRAINED:
-    raise ValueError(f"unknown phase {phase!r}; choose from {sorted(TRAINED)}")
-  groups = TRAINED[phase]
-  if phase == "equilibrium" and knobs is not None:
-    groups += ("lora",) * bool(knobs.joint)
-    groups += ("backbone",) * (knobs.d_backbone == "trainable_copy")
-  return groups
-
-
-def path_str(path) -> str:
-  """``student/blocks/attn1/to_q/kernel`` from a jax key path (nnx's ``.value`` dropped)."""
-  parts = []
-  for k in path:
-    name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
-    if name != "value":
-      parts.append(str(name))
-  return "/".join(parts)
+def trained_groups(phase: str, knobs: PoseConfig | None = None) -> tuple[str, ...]:
+  """The groups ``phase`` trains (its record's ``trains``; ``knobs=None``: the defaults, under
+  which ``equilibrium`` trains neither ``lora`` nor ``backbone``)."""
+  return phases.get(phase).trains(PoseConfig() if knobs is None else knobs)
 
 
 def labels(params, phase: str, freeze: Sequence[str] = (), knobs=None):
@@ -96,7 +80,7 @@ def _for_phase(c, phase: str, group: str):
   """``c`` with ``lr`` taken from the optional ``lr_by_phase`` mapping (e.g. the paper's 1e-6
   in priming and 2e-6 in equilibrium for the same student)."""
   by_phase = dict(c.get("lr_by_phase") or {})
-  unknown = sorted(set(by_phase) - set(TRAINED))
+  unknown = sorted(set(by_phase) - set(phases.PHASES))
   if unknown:
     raise ValueError(f"config.optim.{group}.lr_by_phase: unknown phases {unknown}")
   c = dict(c)

@@ -1,6 +1,9 @@
 """The train state: what one fused step reads and returns, its fresh initial value, and its
 abstract (shapes + shardings) target, shared by the trainer (restore target, sharded init) and
 the ahead-of-time compiler (:mod:`pose_jax.aot`).
+
+The trainer only ever makes states in the target's shardings: ``create`` (a fresh run),
+``checkpoint.restore`` into the target (a resumed one) and ``next_phase`` (a new optimizer).
 """
 
 from __future__ import annotations
@@ -51,9 +54,8 @@ def init_state(tx, teacher, lora, head, knobs: PoseConfig, seed: int = 0) -> Tra
 def abstract_state(tx, teacher, lora, head, knobs, seed, mesh):
   """``init_state`` under ``eval_shape``, with the shardings ``train.run`` gives it: the
   student, EMA (and a trainable backbone) as the teacher's, LoRA and head their own, optimizer
-  moments as their parameters, scalars and the RNG key replicated."""
-  import jax
-
+  moments as their parameters, scalars and the RNG key replicated. ``teacher``, ``lora`` and
+  ``head`` are abstract (``ShapeDtypeStruct``s with shardings) or live trees."""
   shapes = jax.eval_shape(
     functools.partial(init_state, tx, knobs=knobs, seed=seed), teacher, lora, head
   )
@@ -80,3 +82,25 @@ def abstract_state(tx, teacher, lora, head, knobs, seed, mesh):
     bad_steps=sds(shapes.bad_steps, rep),
     skipped=sds(shapes.skipped, rep),
   )
+
+
+def shardings(tree):
+  """The ``NamedSharding`` of every leaf of an abstract (or live) tree."""
+  return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def create(target: TrainState, tx, teacher, lora, head, knobs: PoseConfig, seed: int = 0):
+  """``init_state`` jitted straight into ``target``'s shardings (the ``abstract_state`` of the
+  same arguments): no leaf is ever whole on one device."""
+  init = functools.partial(init_state, tx, knobs=knobs, seed=seed)
+  return jax.jit(init, out_shardings=shardings(target))(teacher, lora, head)
+
+
+def next_phase(state: TrainState, tx, target: TrainState) -> TrainState:
+  """``state`` entering a new phase: a fresh optimizer state of ``tx`` and no streak of
+  non-finite steps, in ``target``'s shardings (``state`` is donated)."""
+
+  def fresh(s):
+    return s.replace(opt_state=tx.init(s.params), bad_steps=jnp.zeros_like(s.bad_steps))
+
+  return jax.jit(fresh, out_shardings=shardings(target), donate_argnums=0)(state)

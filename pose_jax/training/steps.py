@@ -1,11 +1,13 @@
 """One fused, pure training step per POSE phase: ``(state, teacher, batch) -> (state, metrics)``.
 
-The phases' losses live in :mod:`pose_jax.pose.phases`.
+The phases (their losses, the groups they train) are the records of :mod:`pose_jax.pose.phases`.
 
-Each step: one ``value_and_grad`` over the trainable tree ``{student, lora, head}`` of the sum of
-the phase's losses (each loss only reaches its own group, by construction and stop-gradients),
-one optax ``multi_transform`` update, the EMA update, and a non-finite guard that keeps the old
-state (and counts the skip) if the loss or any gradient is not finite.
+Each step: the phase's extra LoRA-only updates (``fake_updates_per_step > 1``,
+:func:`fake_updates`), one ``value_and_grad`` over the trainable tree ``{student, lora, head}``
+of the sum of the phase's losses (each loss only reaches its own group, by construction and
+stop-gradients; :func:`accumulate` averages it over micro-batches), one optax
+``multi_transform`` update, the EMA update, and a non-finite guard that keeps the old state (and
+counts the skip) if the loss or any gradient is not finite.
 """
 
 from __future__ import annotations
@@ -16,15 +18,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pose_jax.pose import losses
+from pose_jax.pose import losses, phases
 from pose_jax.pose.config import PoseConfig
 from pose_jax.pose.models import Models
-from pose_jax.pose.phases import LOSSES, fake_score_loss
-from pose_jax.training.optim import trained_groups
+from pose_jax.pose.phases import LossContext, Phase
 from pose_jax.training.state import TrainState
 
 
-# --- the fused step ---------------------------------------------------------------------------
 def jit_step(step_fn: Callable, state) -> Callable:
   """``jax.jit`` of a step with the state donated and returned in the shardings it came in
   (live arrays or ``ShapeDtypeStruct``s): the trainer feeds the returned state back into the
@@ -39,6 +39,61 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
+def _grads(loss_fn, params, batch, key, ctx: LossContext):
+  """``(loss, metrics, grads)`` of ``loss_fn(params, batch, key, ctx)``."""
+  f = lambda p: loss_fn(p, batch, key, ctx)
+  (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
+  return loss, metrics, grads
+
+
+def accumulate(loss_fn, params, batch, key, ctx: LossContext, micro_batches: int):
+  """:func:`_grads` averaged over ``micro_batches`` equal slices of the batch (a ``scan``);
+  slice ``i`` uses ``fold_in(key, i)``. One slice: the whole batch with ``key`` itself."""
+  if micro_batches == 1:
+    return _grads(loss_fn, params, batch, key, ctx)
+  split = jax.tree.map(
+    lambda a: a.reshape(micro_batches, a.shape[0] // micro_batches, *a.shape[1:]), batch
+  )
+
+  def body(carry, xs):
+    mb, i = xs
+    out = _grads(loss_fn, params, mb, jax.random.fold_in(key, i), ctx)
+    return jax.tree.map(jnp.add, carry, out), None
+
+  first = jax.tree.map(lambda a: a[0], split)
+  zero = jax.eval_shape(lambda: _grads(loss_fn, params, first, key, ctx))
+  zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+  total, _ = jax.lax.scan(body, zero, (split, jnp.arange(micro_batches)))
+  return jax.tree.map(lambda a: a / micro_batches, total)
+
+
+def fake_updates(phase: Phase, tx, params, opt_state, batch, key, ctx: LossContext, count: int):
+  """``count`` LoRA-only updates (a ``scan``, one key each from ``split(key, count)``) of
+  :func:`pose_jax.pose.phases.fake_score_loss` on the phase's generator sample. The other
+  groups' parameters and optimizer states stay as they are (their zero-gradient updates are
+  computed and dropped, so XLA removes them). Returns ``(params, opt_state, finite, losses)``.
+  """
+
+  def update(carry, k):
+    params, opt_state, finite = carry
+    f = lambda lora: phases.fake_score_loss(
+      {**params, "lora": lora}, batch, k, ctx, sample=phase.sample
+    )
+    loss, g = jax.value_and_grad(f)(params["lora"])
+    grads = {**jax.tree.map(jnp.zeros_like, params), "lora": g}
+    updates, new_opt = tx.update(grads, opt_state, params)
+    params = {**params, "lora": optax.apply_updates(params["lora"], updates["lora"])}
+    inner = {**opt_state.inner_states, "lora": new_opt.inner_states["lora"]}
+    finite = finite & jnp.isfinite(loss) & _all_finite(g)
+    return (params, opt_state._replace(inner_states=inner), finite), loss
+
+  carry = (params, opt_state, jnp.bool_(True))
+  (params, opt_state, finite), fake_losses = jax.lax.scan(
+    update, carry, jax.random.split(key, count)
+  )
+  return params, opt_state, finite, fake_losses
+
+
 def make_step(
   phase: str,
   knobs: PoseConfig,
@@ -49,67 +104,22 @@ def make_step(
   micro_batches: int = 1,
 ) -> Callable:
   """The jit-able step of ``phase``; ``micro_batches`` > 1 accumulates gradients."""
-  if phase not in LOSSES:
-    raise ValueError(f"phase {phase!r} has no step (known: {sorted(LOSSES)})")
-  loss_fn = LOSSES[phase]
-
-  def grads_of(params, teacher, ema, batch, key, frac):
-    def f(p):
-      args = (p, teacher, batch, key, models, knobs, frac)
-      return loss_fn(*args, ema) if phase == "equilibrium" else loss_fn(*args)
-
-    (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
-    return loss, metrics, grads
-
-  def accumulate(params, teacher, ema, batch, key, frac):
-    if micro_batches == 1:
-      return grads_of(params, teacher, ema, batch, key, frac)
-    split = jax.tree.map(
-      lambda a: a.reshape(micro_batches, a.shape[0] // micro_batches, *a.shape[1:]), batch
-    )
-
-    def body(carry, xs):
-      mb, i = xs
-      out = grads_of(params, teacher, ema, mb, jax.random.fold_in(key, i), frac)
-      return jax.tree.map(jnp.add, carry, out), None
-
-    zero = jax.eval_shape(
-      lambda: grads_of(params, teacher, ema, jax.tree.map(lambda a: a[0], split), key, frac)
-    )
-    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
-    total, _ = jax.lax.scan(body, zero, (split, jnp.arange(micro_batches)))
-    return jax.tree.map(lambda a: a / micro_batches, total)
-
-  extra_fake = knobs.fake_updates_per_step - 1 if "lora" in trained_groups(phase, knobs) else 0
-
-  def fake_update(carry, key, teacher, batch, frac):
-    """One LoRA-only update: the other groups' parameters and optimizer states stay as they are
-    (their zero-gradient updates are computed and dropped, so XLA removes them)."""
-    params, opt_state, finite = carry
-    loss, g = jax.value_and_grad(fake_score_loss)(
-      params["lora"], params, teacher, batch, key, models, knobs, frac, phase
-    )
-    grads = {**jax.tree.map(jnp.zeros_like, params), "lora": g}
-    updates, new_opt = tx.update(grads, opt_state, params)
-    params = {**params, "lora": optax.apply_updates(params["lora"], updates["lora"])}
-    inner = {**opt_state.inner_states, "lora": new_opt.inner_states["lora"]}
-    finite = finite & jnp.isfinite(loss) & _all_finite(g)
-    return (params, opt_state._replace(inner_states=inner), finite), loss
+  record = phases.get(phase)
+  extra_fake = record.extra_fake_updates(knobs)
 
   def step(state: TrainState, teacher, batch):
     rng, key = jax.random.split(state.rng)
     frac = (state.step - phase_start).astype(jnp.float32) / max(phase_steps, 1)
+    ctx = LossContext(models=models, knobs=knobs, teacher=teacher, ema=state.ema, frac=frac)
     params, opt_state, fake_ok = state.params, state.opt_state, jnp.bool_(True)
     extra = {}
     if extra_fake:
       key, k_fake = jax.random.split(key)
-      (params, opt_state, fake_ok), fake_losses = jax.lax.scan(
-        lambda c, k: fake_update(c, k, teacher, batch, frac),
-        (params, opt_state, fake_ok),
-        jax.random.split(k_fake, extra_fake),
+      params, opt_state, fake_ok, fake_losses = fake_updates(
+        record, tx, params, opt_state, batch, k_fake, ctx, extra_fake
       )
       extra["loss/fake_extra"] = jnp.mean(fake_losses)
-    loss, metrics, grads = accumulate(params, teacher, state.ema, batch, key, frac)
+    loss, metrics, grads = accumulate(record.loss, params, batch, key, ctx, micro_batches)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     ema = losses.ema(state.ema, params["student"], knobs.ema_decay)
@@ -124,7 +134,7 @@ def make_step(
       bad_steps=jnp.where(ok, 0, state.bad_steps + 1),
       skipped=state.skipped + (~ok).astype(jnp.int32),
     )
-    grad_norms = {f"grad_norm/{g}": optax.global_norm(v) for g, v in grads.items()}
+    grad_norms = {f"grad_norm/{g}": optax.tree.norm(v) for g, v in grads.items()}
     metrics = {
       **metrics,
       **extra,

@@ -73,6 +73,8 @@ def test_toy_config_compiles_every_phase_for_a_tpu_slice(tmp_path):
   report = json.loads(out.read_text())
   assert report["topology"]["devices"] == 8 and report["topology"]["device_kind"] == "TPU v6 lite"
   assert set(report["phases"]) == {"pretrain", "priming", "equilibrium", "sample"}
+  assert report["flops_convention"] == "analytic-mfu (see pose_jax.aot.flops)"
+  assert report["config"]["height"] == report["config"]["width"] == 48  # toy: data.size
   for name, p in report["phases"].items():
     assert p["fits"], name
     for key in ("argument_bytes", "output_bytes", "peak_bytes", "model_flops"):
@@ -85,6 +87,19 @@ def test_toy_config_compiles_every_phase_for_a_tpu_slice(tmp_path):
   assert report["phases"]["sample"]["batch"] == 8
   assert flops["pretrain"] == pytest.approx(3 * flops["sample"])
   assert flops["priming"] > 2 * flops["pretrain"]
+
+
+@pytest.mark.parametrize(
+  "flag,message",
+  [
+    ("--topology=v5p-63", "error: --topology=v5p-63: unknown topology 'v5p-63'"),
+    ("--phase=sample,bogus", "error: --phase ['bogus'] not in this config's"),
+  ],
+)
+def test_bad_flags_exit_2_naming_them(flag, message):
+  r = _compile("--config=configs/toy_i2v.py", flag, timeout=300)
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+  assert r.stderr.strip().splitlines()[-1].startswith(message), r.stderr[-3000:]
 
 
 def test_too_big_model_does_not_fit_and_names_buffers(tmp_path):

@@ -3,14 +3,17 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import safetensors.numpy
 
 from pose_jax.convert import export, importer, orbax_io
-from pose_jax.convert.__main__ import main
+from pose_jax.convert.cli import COMMAND_FLAGS, main
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.models.wan import preset
 from tests.helpers import ROOT
@@ -61,6 +64,50 @@ def test_cli_import_export(src, tmp_path, capsys):
   assert "exists" in capsys.readouterr().err
   assert main(["import", f"--src={src}", f"--dst={tmp_path / 'c'}"]) == 1
   assert main(["import", f"--src={src}", f"--dst={tmp_path / 'c'}", "--overwrite"]) == 0
+
+
+USAGE_ERRORS = [
+  (["import", "--src=s", "--dst=d", "--which=ema"], "--which: only for export, not for import"),
+  (["import", "--src=s", "--dst=d", "--max-shard-size=1GB"], "--max_shard_size: only for export"),
+  (["export", "--src=s"], "export needs --dst"),
+  (["import"], "import needs --src and --dst"),
+  (["--src=s", "--dst=d"], "expected a command, import or export"),
+  (["convert", "--src=s", "--dst=d"], "expected a command, import or export"),
+  (["import", "extra", "--src=s", "--dst=d"], "unexpected arguments: ['extra']"),
+  (["export", "--src=s", "--dst=d", "--step=last"], "--step=last: expected N or latest"),
+  (["export", "--src=s", "--dst=d", "--max_shard_size=5XB"], "not a size: '5XB'"),
+  (["import", "--src=s", "--dst=d", "--format=onnx"], "--format=onnx"),
+  (["import", "--src=s", "--dst=d", "--bogus"], "'bogus'"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), USAGE_ERRORS)
+def test_usage_errors_exit_2_naming_the_flag(args, named, capsys):
+  assert main(args) == 2
+  assert named in capsys.readouterr().err
+
+
+def test_module_cli_help_and_exit_status(src, tmp_path):
+  """``python -m pose_jax.convert``: --help names each flag's commands; usage errors exit 2;
+  an import prints one line (no INFO logs)."""
+
+  def cli(*args):
+    cmd = [sys.executable, "-m", "pose_jax.convert", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+  r = cli("--help")
+  assert r.returncode == 1 and r.stdout.startswith("Checkpoint conversion CLI"), r.stderr  # absl: 1
+  for name in sorted(COMMAND_FLAGS["import"] | COMMAND_FLAGS["export"]):
+    used = ", ".join(c for c in ("import", "export") if name in COMMAND_FLAGS[c])
+    assert re.search(rf"--(\[no\])?{name}:( <[^>]*>:)? \({used}\) ", r.stdout), name
+  for args, named in (USAGE_ERRORS[0], USAGE_ERRORS[2], USAGE_ERRORS[-2]):
+    r = cli(*args)
+    assert r.returncode == 2 and named in r.stderr, (args, r.stderr)
+  r = cli("export", f"--src={tmp_path / 'none'}", f"--dst={tmp_path / 'e'}")
+  assert r.returncode == 1 and "error: " in r.stderr and "no such checkpoint" in r.stderr
+  r = cli("import", "--format=diffusers", f"--src={src}", f"--dst={tmp_path / 'c'}", "--noprogress")
+  assert r.returncode == 0 and r.stdout.startswith("import diffusers: "), r.stderr
+  assert not re.search(r"^I\d{4} ", r.stderr, re.M), r.stderr[:2000]
 
 
 def test_corrupt_or_truncated_file_names_it(src, tmp_path):

@@ -21,7 +21,8 @@ from flax import nnx
 from pose_jax import sharding as shd
 from pose_jax.convert import export, importer, orbax_io
 from pose_jax.models.wan import WanTransformer, preset
-from tests.helpers.torch_refs import inputs, rel_err, to_channels_first, to_jax_args, torch_wan
+from tests.helpers.numerics import rel_err
+from tests.helpers.torch_refs import inputs, to_channels_first, to_jax_args, torch_wan
 
 WEIGHTS = "diffusion_pytorch_model"
 
@@ -173,15 +174,15 @@ def test_restore_goes_straight_into_the_mesh_sharding(sources, tmp_path):
   importer.import_checkpoint(sources["diffusers", "fp32"], tmp_path / "ckpt", progress=False)
   mesh = shd.make_mesh((1, 2, 1, 4))
   cfg, params = orbax_io.restore_params(str(tmp_path / "ckpt"), mesh)
-  _, abstract = shd.abstract_model(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)), mesh)
-  want = nnx.to_pure_dict(abstract.filter(nnx.Param))
+  _, abstract = shd.abstract_state(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)), mesh)
+  want = nnx.to_pure_dict(nnx.filter_state(abstract, nnx.Param))
   kernel = params["blocks"]["attn1"]["to_q"]["kernel"]
   assert kernel.shape == (2, 32, 32) and kernel.sharding.spec == jax.P(None, "fsdp", "tensor")
   assert jax.tree.map(lambda a: a.sharding, params) == jax.tree.map(lambda a: a.sharding, want)
   src = load_dir(sources["diffusers", "fp32"])
   np.testing.assert_array_equal(np.asarray(kernel[1]), src["blocks.1.attn1.to_q.weight"].T)
   # Into an existing nnx.State (as the trainer's freshly created, sharded teacher).
-  state = abstract.filter(nnx.Param)
+  state = nnx.filter_state(abstract, nnx.Param)
   zeros = lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding)
   nnx.replace_by_pure_dict(state, jax.tree.map(zeros, want))
   _, state = orbax_io.restore_params(str(tmp_path / "ckpt"), like=state)

@@ -13,7 +13,8 @@ import torch
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.convert.wan_diffusers import load_transformer
 from pose_jax.models.wan import WanConfig, preset
-from tests.helpers.torch_refs import inputs, rel_err, to_channels_first, to_jax_args, torch_wan
+from tests.helpers.numerics import rel_err
+from tests.helpers.torch_refs import inputs, to_channels_first, to_jax_args, torch_wan
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 

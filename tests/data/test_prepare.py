@@ -14,7 +14,8 @@ import torch
 from pose_jax.data import make_iterator, read_meta
 from pose_jax.data.prepare import ClipError, encode_clip, read_captions, read_clip
 from tests.helpers import ROOT
-from tests.test_conditioning import Z, rel_err, tiny_pipeline
+from tests.helpers.numerics import rel_err
+from tests.helpers.tiny import Z, tiny_pipeline
 
 FRAMES, HEIGHT, WIDTH = 5, 32, 48
 
@@ -84,6 +85,31 @@ def test_read_clip(clips):
   with pytest.raises(ClipError, match="unreadable"):
     read_clip(str(clips / "missing.mp4"), FRAMES, HEIGHT, WIDTH)
   assert read_captions(str(clips / "captions.jsonl"))["clip.webm"] == "red car at night"
+
+
+@pytest.mark.parametrize(
+  ("module", "doc", "required"),
+  [
+    ("pose_jax.data.prepare", "Encode real clips", ["videos", "captions", "out", "pipeline"]),
+    ("pose_jax.data.toy", "Toy I2V data", ["out"]),
+  ],
+)
+def test_data_clis_help_and_stray_arguments(module, doc, required, tmp_path):
+  def cli(*args):
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+  r = cli("--help")
+  assert r.returncode == 1, r.stderr  # absl exits 1 after --help
+  assert r.stdout.startswith(doc)
+  for name in required:
+    assert f"--{name}:" in r.stdout, name
+  given = [f"--{name}={tmp_path / name}" for name in required]
+  r = cli(*given, "stray")
+  assert r.returncode == 1 and "unexpected arguments: ['stray']" in r.stderr, r.stderr
+  assert not os.listdir(tmp_path)  # stopped before writing anything
+  r = cli(*given[1:])
+  assert r.returncode == 1 and f"Flag --{required[0]} must have a value" in r.stderr, r.stderr
 
 
 def test_prepare_cli(clips, pipeline, tmp_path):

@@ -4,7 +4,9 @@ tests (resume, preemption, multi-process), and the one reference run they all co
 import glob
 import json
 import os
+import pathlib
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -31,14 +33,17 @@ DEVICES = 8  # the reference run: one process, 8 devices
 
 
 def start(workdir, devices=DEVICES, process_id=0, num_processes=1, port=0):
-  env = dict(
-    os.environ,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-    # The runs compile the same step programs: share them through JAX's persistent cache.
-    JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), "pose_jax_tests_jax_cache"),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-  )
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  if num_processes == 1:
+    # The runs compile the same step programs: share them through JAX's persistent cache. Not
+    # with several processes: JAX writes only process 0's programs, so process 0 alone would
+    # skip its compiles and reach each phase's first step a whole compile ahead of the others
+    # (seen: 15 s against 33 s), and gloo gives up on a peer that is 30 s late.
+    env.update(
+      JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), "pose_jax_tests_jax_cache"),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
   cmd = [sys.executable, "-m", "pose_jax.main", f"--workdir={workdir}", *SMALL]
   if num_processes > 1:
     cmd += [
@@ -55,6 +60,13 @@ def finish(proc):
   out, _ = proc.communicate(timeout=900)
   assert proc.returncode == 0, out[-3000:]
   return out
+
+
+def kill(proc) -> None:
+  """SIGKILL (no checkpoint, no clean-up), then reap the process and close its pipe."""
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  proc.stdout.close()
 
 
 def wait_for_checkpoint(workdir, step, procs):
@@ -81,7 +93,8 @@ def trace(workdir):
 def assert_same_run(a_dir, b_dir, rtol=0.0):
   """Same final parameters (bitwise via final.json when ``rtol == 0``) and loss traces."""
   if rtol == 0.0:
-    assert json.load(open(a_dir / "final.json")) == json.load(open(b_dir / "final.json"))
+    final = lambda d: json.loads((pathlib.Path(d) / "final.json").read_text())
+    assert final(a_dir) == final(b_dir)
   a, b = trace(a_dir), trace(b_dir)
   assert sorted(a) == sorted(b) == list(range(1, 9))
   for step in a:
@@ -95,7 +108,7 @@ def tensorboard_tags(workdir) -> set:
 
   tags = set()
   for name in glob.glob(os.path.join(workdir, "tensorboard", "events.*")):
-    data = open(name, "rb").read()
+    data = pathlib.Path(name).read_bytes()
     pos = 0
     while pos < len(data):
       (length,) = struct.unpack("<Q", data[pos : pos + 8])

@@ -1,4 +1,4 @@
-"""launch/*.sh: help, dry runs and input checks (set-up in ``tests/launch_env.py``)."""
+"""launch/*.sh: help, dry runs and input checks (set-up in ``tests/helpers/launch_env.py``)."""
 
 from __future__ import annotations
 
@@ -202,21 +202,20 @@ def test_convert_teacher_dry_run(env, tmp_path):
 
 
 def test_convert_flags_match_the_cli():
-  """The flags convert_teacher.sh passes exist in ``python -m pose_jax.convert import``."""
-  from pose_jax.convert.__main__ import build_parser
+  """The flags convert_teacher.sh passes are flags of ``python -m pose_jax.convert import``."""
+  from pose_jax.convert import cli
 
-  args = build_parser().parse_args(
-    [
-      "import",
-      "--format=wan",
-      "--src=/s",
-      "--dst=gs://b/d",
-      "--dtype=bf16",
-      "--config=i2v_14b",
-      "--overwrite",
-    ]
-  )
-  assert (args.format, args.dtype, args.config, args.overwrite) == ("wan", "bf16", "i2v_14b", True)
+  src = (LAUNCH / "convert_teacher.sh").read_text()
+  built = [line for line in src.splitlines() if re.search(r"\bARGS\+?=\(", line)]
+  assert "-m pose_jax.convert import " in built[0], built
+  passed = {f for line in built for f in re.findall(r"--([a-z][a-z0-9_-]*)", line)}
+  assert passed == {"format", "src", "dst", "dtype", "config", "overwrite"}, built
+  assert passed <= cli.COMMAND_FLAGS["import"]
+  args = ["--format=wan", "--src=/s", "--dst=gs://b/d", "--dtype=bf16", "--config=i2v_14b"]
+  command, values = cli.parse(["import", *args, "--overwrite"])
+  assert command == "import"
+  got = tuple(values[f].value for f in ("format", "dtype", "config", "overwrite"))
+  assert got == ("wan", "bf16", "i2v_14b", True)
 
 
 def test_delete_dry_run(env):

@@ -16,41 +16,8 @@ from pose_jax.convert.encoders import load_clip_vision, load_clip_vision_wan
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.models.encoders import clip_vision
 from pose_jax.models.encoders.image_preprocess import preprocess
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def torch_clip(act: str, seed: int = 0) -> transformers.CLIPVisionModel:
-  """Tiny random transformers model; every parameter perturbed (non-trivial norms and biases)."""
-  torch.manual_seed(seed)
-  cfg = transformers.CLIPVisionConfig(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=2,
-    image_size=32,
-    patch_size=8,
-    hidden_act=act,
-    attn_implementation="eager",
-  )
-  model = transformers.CLIPVisionModel(cfg).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn_like(p) * 0.1)
-  return model
-
-
-def pixels(batch=2, seed=1) -> np.ndarray:
-  return np.random.default_rng(seed).standard_normal((batch, 32, 32, 3)).astype(np.float32)
-
-
-def torch_outputs(tm, x: np.ndarray):
-  with torch.no_grad():
-    out = tm(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2)), output_hidden_states=True)
-  return out
+from tests.helpers.numerics import rel_err
+from tests.helpers.torch_refs import clip_pixels, torch_clip, torch_clip_outputs
 
 
 @pytest.fixture(scope="module", params=["gelu", "quick_gelu"])
@@ -84,8 +51,8 @@ def test_preprocess_matches_clip_image_processor(shape, size):
 # --- fp32 parity ----------------------------------------------------------------------------------
 def test_matches_transformers(pair):
   tm, _, model = pair
-  x = pixels()
-  ref = torch_outputs(tm, x)
+  x = clip_pixels()
+  ref = torch_clip_outputs(tm, x)
   checks = {
     "penultimate": (model.penultimate(x), ref.hidden_states[-2]),
     "last": (model(x), ref.last_hidden_state),
@@ -106,8 +73,8 @@ def test_matches_transformers(pair):
 def test_a_transposed_weight_is_detected(pair):
   """The parity check is sensitive to layout: one transposed square kernel breaks it."""
   tm, path, _ = pair
-  x = pixels()
-  ref = torch_outputs(tm, x).hidden_states[-2].numpy()
+  x = clip_pixels()
+  ref = torch_clip_outputs(tm, x).hidden_states[-2].numpy()
   graphdef, state = nnx.split(load_clip_vision(str(path)))  # a fresh copy: edited in place
   kernel = state["layers"]["self_attn"]["q_proj"]["kernel"]
   kernel.set_value(kernel.get_value().at[0].set(kernel.get_value()[0].T))
@@ -123,7 +90,7 @@ def test_bf16_close_to_fp32(pair):
   weight gives O(1)."""
   tm, path, model = pair
   bf = load_clip_vision(str(path), dtype="bfloat16")
-  x = pixels()
+  x = clip_pixels()
   ref, out = model.penultimate(x), bf.penultimate(x)
   assert out.dtype == jnp.float32 and bool(jnp.isfinite(out).all())
   with torch.no_grad():
@@ -144,7 +111,7 @@ def test_bf16_close_to_fp32(pair):
 
 def test_remat_and_jit_same_output(pair):
   _, path, model = pair
-  x = pixels()
+  x = clip_pixels()
   rm = load_clip_vision(str(path), remat="full")
   out = nnx.jit(lambda m, x: m.penultimate(x))(rm, x)
   assert rel_err(out, model.penultimate(x)) <= 1e-6
@@ -199,7 +166,7 @@ def test_sharded_checkpoint_and_projection_key(pair, tmp_path):
   keys = index["weight_map"]
   assert len(set(keys.values())) > 1 and "visual_projection.weight" in keys
   assert "vision_model.post_layernorm.bias" in keys
-  x = pixels()
+  x = clip_pixels()
   assert rel_err(load_clip_vision(str(tmp_path)).penultimate(x), model.penultimate(x)) == 0.0
 
 
@@ -244,8 +211,8 @@ def test_wan_pth_matches_transformers(pair, tmp_path):
   with torch.no_grad():
     for p, q in zip(ref_model.parameters(), tm.parameters()):
       p.copy_(q.half().float())
-  x = pixels()
-  ref = torch_outputs(ref_model, x).hidden_states[-2].numpy()
+  x = clip_pixels()
+  ref = torch_clip_outputs(ref_model, x).hidden_states[-2].numpy()
   ours = load_clip_vision_wan(str(tmp_path / "clip.pth"), cfg).penultimate(x)
   err = rel_err(ours, ref)
   print(f"Wan .pth ({tm.config.hidden_act}): rel err {err:.2e}")

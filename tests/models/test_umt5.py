@@ -17,55 +17,9 @@ from pose_jax.convert.encoders import load_umt5, load_umt5_wan
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.models.encoders import umt5
 from pose_jax.models.encoders.tokenizer import encode_prompts, load_tokenizer, prompt_clean
-
-WORDS = "a cat dog runs on the beach at sunset & red blue car city night rain".split()
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def hf_config(**kw) -> transformers.UMT5Config:
-  args = dict(
-    vocab_size=100,
-    d_model=32,
-    d_kv=8,
-    d_ff=64,
-    num_layers=3,
-    num_heads=4,
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-    feed_forward_proj="gated-gelu",
-    attn_implementation="eager",
-  )
-  return transformers.UMT5Config(**{**args, **kw})
-
-
-def torch_umt5(seed: int = 0) -> transformers.UMT5EncoderModel:
-  """Tiny random transformers encoder; every parameter perturbed (non-trivial norms)."""
-  torch.manual_seed(seed)
-  model = transformers.UMT5EncoderModel(hf_config()).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn_like(p) * 0.1)
-  return model
-
-
-def batch(seed: int = 1):
-  """Two sequences of lengths 12 and 7, right-padded (pad id 0) to 12, with their mask."""
-  ids = np.random.default_rng(seed).integers(1, 100, (2, 12)).astype(np.int64)
-  mask = np.ones((2, 12), np.int64)
-  mask[1, 7:] = 0
-  ids[1, 7:] = 0
-  return ids, mask
-
-
-def torch_forward(tm, ids, mask) -> np.ndarray:
-  with torch.no_grad():
-    return tm(
-      input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)
-    ).last_hidden_state.numpy()
+from tests.helpers import tiny
+from tests.helpers.numerics import rel_err
+from tests.helpers.torch_refs import torch_umt5, torch_umt5_forward, umt5_batch, umt5_config
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +32,8 @@ def pair(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-  from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-  fast = transformers.PreTrainedTokenizerFast(
-    tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-  )
   path = tmp_path_factory.mktemp("tokenizer")
-  fast.save_pretrained(path)
+  tiny.tokenizer().save_pretrained(path)
   return str(path)
 
 
@@ -96,7 +41,7 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.mark.parametrize("buckets,max_distance", [(8, 16), (32, 128)])
 def test_relative_buckets_match_transformers(buckets, max_distance):
   """Including the exact log-bin boundaries (16, 32, 64 for umt5-xxl's 32/128)."""
-  cfg = hf_config(
+  cfg = umt5_config(
     relative_attention_num_buckets=buckets, relative_attention_max_distance=max_distance
   )
   attn = transformers.models.umt5.modeling_umt5.UMT5Attention(cfg, has_relative_attention_bias=True)
@@ -108,8 +53,8 @@ def test_relative_buckets_match_transformers(buckets, max_distance):
 
 def test_padded_batch_matches_transformers(pair):
   tm, _, model = pair
-  ids, mask = batch()
-  ref = torch_forward(tm, ids, mask)
+  ids, mask = umt5_batch()
+  ref = torch_umt5_forward(tm, ids, mask)
   out = np.asarray(model(jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
   valid = mask.astype(bool)
   err = float(np.abs(out - ref)[valid].max() / np.abs(ref[valid]).max())
@@ -124,8 +69,8 @@ def test_padded_batch_matches_transformers(pair):
 
 def test_a_transposed_weight_is_detected(pair):
   tm, path, _ = pair
-  ids, mask = batch()
-  ref = torch_forward(tm, ids, mask)
+  ids, mask = umt5_batch()
+  ref = torch_umt5_forward(tm, ids, mask)
   graphdef, state = nnx.split(load_umt5(str(path)))  # a fresh copy: edited in place
   kernel = state["blocks"]["attn"]["q"]["kernel"]
   kernel.set_value(kernel.get_value().at[1].set(kernel.get_value()[1].T))
@@ -141,7 +86,7 @@ def test_bf16_close_to_fp32(pair):
   its fp32 output here. Bound: no worse than transformers in bf16 (x1.25) and <= 5e-2 of
   max|fp32|; a wrong weight gives O(1)."""
   tm, path, model = pair
-  ids_np, mask_np = batch()
+  ids_np, mask_np = umt5_batch()
   ids, mask = jnp.asarray(ids_np, jnp.int32), jnp.asarray(mask_np)
   bf = load_umt5(str(path), dtype="bfloat16")
   ref, out = np.asarray(model(ids, mask)), np.asarray(bf(ids, mask))
@@ -228,7 +173,7 @@ def test_strict_errors_name_the_keys(pair, tmp_path):
       assert w in str(e.value), (name, str(e.value))
   # The tied duplicate alone stands in for shared.weight.
   print("keys saved by transformers:", sorted(k for k in present if "block" not in k))
-  ids, mask = (jnp.asarray(a, jnp.int32) for a in batch())
+  ids, mask = (jnp.asarray(a, jnp.int32) for a in umt5_batch())
   other = load_umt5(_rewrite(path, tmp_path / "tied_only", tied_only))
   assert rel_err(other(ids, mask), model(ids, mask)) == 0.0
 
@@ -240,7 +185,7 @@ def test_load_onto_mesh(pair):
   sharded = load_umt5(str(path), mesh=mesh)
   kernel = sharded.blocks.ffn.wi_0.kernel.get_value()
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
-  ids, mask = (jnp.asarray(a, jnp.int32) for a in batch())
+  ids, mask = (jnp.asarray(a, jnp.int32) for a in umt5_batch())
   with shd.use_mesh(mesh):
     out = nnx.jit(lambda m, i, k: m(i, k))(sharded, ids, mask)
   assert rel_err(out, model(ids, mask)) <= 1e-6
@@ -278,8 +223,8 @@ def test_wan_pth_matches_transformers(pair, tmp_path):
       p.copy_(q.bfloat16().float())
   sd = {k: v.bfloat16() for k, v in _to_wan_layout(tm).items()}
   torch.save(sd, tmp_path / "t5.pth")
-  ids, mask = batch()
-  ref = torch_forward(ref_model, ids, mask)
+  ids, mask = umt5_batch()
+  ref = torch_umt5_forward(ref_model, ids, mask)
   out = np.asarray(
     load_umt5_wan(str(tmp_path / "t5.pth"), umt5.preset("tiny"))(
       jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
@@ -313,7 +258,7 @@ def test_config_from_hf_and_presets():
   )
   cfg = umt5.UMT5Config.from_hf(hf.to_dict())
   assert cfg == umt5.preset("umt5_xxl") and cfg.dense_act_fn == hf.dense_act_fn == "gelu_new"
-  assert umt5.UMT5Config.from_hf(hf_config().to_dict()) == umt5.preset("tiny")
+  assert umt5.UMT5Config.from_hf(umt5_config().to_dict()) == umt5.preset("tiny")
   with pytest.raises(ValueError, match="only gated"):
     umt5.preset("tiny", feed_forward_proj="relu")
   with torch.device("meta"):

@@ -1,8 +1,9 @@
 """Wan2.1 VAE: parity with diffusers ``AutoencoderKLWan``, strict loaders, bf16, bounded memory.
 
-The oracle is a tiny diffusers VAE with every parameter perturbed (no trivial gammas/biases),
-saved with ``save_pretrained`` and loaded through :func:`load_vae`. Forwards are jitted once per
-shape over ``(state, input)``, so weight edits reuse the compiled function.
+The oracle (:class:`tests.helpers.torch_refs.VAEOracle`) is a tiny diffusers VAE with every
+parameter perturbed (no trivial gammas/biases), saved with ``save_pretrained`` and loaded through
+:func:`load_vae`. Forwards are jitted once per shape over ``(state, input)``, so weight edits reuse
+the compiled function. fp32 bound: max abs error <= ``VAE_TOL`` * max |reference|.
 """
 
 import copy
@@ -23,62 +24,22 @@ from pose_jax.convert import strict
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.convert.wan_vae import key_map, load_vae, load_vae_wan_pth
 from pose_jax.models.wan.vae import WanVAE, WanVAEConfig, preset
+from tests.helpers.numerics import rel_err
+from tests.helpers.torch_refs import (
+  VAE_BF16_BOUND,
+  VAE_TOL,
+  VAEOracle,
+  to_channels_first,
+  to_channels_last,
+  torch_vae,
+)
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-TOL = 1e-4  # max abs error <= TOL * max |reference|
-
-
-def _cf(a) -> np.ndarray:  # channels-last -> diffusers' channels-first
-  return np.asarray(a).transpose(0, 4, 1, 2, 3)
-
-
-def _cl(t: torch.Tensor) -> jnp.ndarray:
-  return jnp.asarray(t.numpy().transpose(0, 2, 3, 4, 1))
-
-
-def _rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def _torch_vae(cfg: WanVAEConfig, seed: int = 0) -> AutoencoderKLWan:
-  torch.manual_seed(seed)
-  model = AutoencoderKLWan(**cfg.to_diffusers()).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn_like(p) * 0.1)
-  return model
-
-
-class Oracle:
-  """A diffusers VAE, its JAX twin, and jitted ``encode``/``decode`` over ``(state, input)``."""
-
-  def __init__(self, tm: AutoencoderKLWan, model: WanVAE):
-    self.tm = tm
-    self.graphdef, self.state = nnx.split(model)
-    g = self.graphdef
-    self.encode = jax.jit(lambda s, x: nnx.merge(g, s).encode(x))
-    self.decode = jax.jit(lambda s, z: nnx.merge(g, s).decode(z))
-
-  def reference(self, frames: int, height: int, width: int, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(1, 3, frames, height, width, generator=g) * 2 - 1
-    with torch.no_grad():
-      post = self.tm.encode(x).latent_dist
-      z = torch.randn(post.mean.shape, generator=g)
-      y = self.tm.decode(z).sample
-    return x, z, {"mean": post.mean.numpy(), "logvar": post.logvar.numpy(), "video": y.numpy()}
-
-  def errors(self, state, x, z, ref) -> dict[str, float]:
-    mean, logvar = self.encode(state, _cl(x))
-    video = self.decode(state, _cl(z))
-    out = {"mean": _cf(mean), "logvar": _cf(logvar), "video": _cf(video)}
-    return {k: _rel(out[k], ref[k]) for k in ref}
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-  tm = _torch_vae(preset("tiny"))
+  tm = torch_vae(preset("tiny"))
   path = tmp_path_factory.mktemp("wan_vae")
   tm.save_pretrained(path)
   return str(path), tm
@@ -87,7 +48,7 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def oracle(ckpt):
   path, tm = ckpt
-  return Oracle(tm, load_vae(path))
+  return VAEOracle(tm, load_vae(path))
 
 
 def _edit_param(state, path: tuple[str, ...], fn):
@@ -111,7 +72,7 @@ def test_parity_with_diffusers(oracle, frames, height, width):
   assert (np.abs(ref["video"]) < 1).mean() > 0.5
   err = oracle.errors(oracle.state, x, z, ref)
   print(f"fp32 parity T={frames} {height}x{width}: {err}")
-  assert all(e <= TOL for e in err.values()), err
+  assert all(e <= VAE_TOL for e in err.values()), err
   lat = ref["mean"].shape
   assert lat == (1, 4, 1 + (frames - 1) // 4, height // 8, width // 8)
   assert ref["video"].shape[2] == frames
@@ -146,7 +107,7 @@ def test_layout_error_breaks_parity(oracle, path, edit):
   x, z, ref = oracle.reference(5, 32, 32)
   err = oracle.errors(_edit_param(oracle.state, path, edit), x, z, ref)
   side = ("video",) if path[0] in ("decoder", "post_quant_conv") else ("mean", "logvar")
-  assert max(err[k] for k in side) > 100 * TOL, (path, err)
+  assert max(err[k] for k in side) > 100 * VAE_TOL, (path, err)
 
 
 @pytest.mark.parametrize("frames", [4, 6])
@@ -194,7 +155,9 @@ def test_wan2_1_preset_matches_diffusers_layout():
     tgt = key_map(key)
     assert tgt is not None, key
     mapped[tgt.path] = tgt.transform(np.broadcast_to(np.float32(0), tuple(t.shape))).shape
+    assert tgt.out_shape(t.shape) == mapped[tgt.path], key  # what the strict matcher checks
   assert mapped == {p: tuple(v.shape) for p, v in targets.items()}
+  assert not strict.check(sd.items(), targets, key_map), "the matcher disagrees"
   assert sum(int(np.prod(s)) for s in mapped.values()) == 126_892_531
 
 
@@ -306,7 +269,7 @@ def test_wan_pth_import_matches_diffusers(oracle, wan_pth):
   x, z, ref = oracle.reference(5, 32, 32, seed=3)
   err = oracle.errors(nnx.state(model), x, z, ref)  # same graph, the .pth weights
   print(f"Wan .pth import parity: {err}")
-  assert all(e <= TOL for e in err.values()), err
+  assert all(e <= VAE_TOL for e in err.values()), err
 
 
 def test_wan_pth_unknown_key_is_reported(wan_pth, tmp_path):
@@ -320,12 +283,9 @@ def test_wan_pth_unknown_key_is_reported(wan_pth, tmp_path):
 
 # --- bf16 -------------------------------------------------------------------------------------
 
-# bf16 keeps 8 mantissa bits; through ~20 convs with RMS norms in between, the rounding adds up.
-# Measured on this tiny random VAE, diffusers' own bf16 run (torch CPU) is off its fp32 output by
-# ~1e-2 (mean abs) and ~8e-2 (max abs / max |ref|) on decode, ~1e-2 on encode. The bound: ours may
-# be at most 2x diffusers' own bf16 error (max and mean abs) and within 0.05 (encode) / 0.25
-# (decode) of the fp32 reference. A real bug (a wrong layer) gives O(1) errors.
-BF16_BOUND = {"mean": 0.05, "logvar": 0.05, "video": 0.25}
+# The bound (VAE_BF16_BOUND, with its measurements in tests/helpers/torch_refs.py): ours may be
+# at most 2x diffusers' own bf16 error (max and mean abs) and within 0.05 (encode) / 0.25 (decode)
+# of the fp32 reference. A real bug (a wrong layer) gives O(1) errors.
 
 
 def test_bf16_runs_close_to_fp32(ckpt, oracle):
@@ -341,18 +301,22 @@ def test_bf16_runs_close_to_fp32(ckpt, oracle):
   torch_bf16 = {k: v.float().numpy() for k, v in torch_bf16.items()}
   model = load_vae(ckpt[0], dtype="bfloat16")
   assert all(v.get_value().dtype == jnp.float32 for _, v in nnx.to_flat_state(nnx.state(model)))
-  mean, logvar = nnx.jit(WanVAE.encode)(model, _cl(x))
-  video = nnx.jit(WanVAE.decode)(model, _cl(z))
+  mean, logvar = nnx.jit(WanVAE.encode)(model, to_channels_last(x))
+  video = nnx.jit(WanVAE.decode)(model, to_channels_last(z))
   assert mean.dtype == video.dtype == jnp.float32
-  ours = {"mean": _cf(mean), "logvar": _cf(logvar), "video": _cf(video)}
+  ours = {
+    "mean": to_channels_first(mean),
+    "logvar": to_channels_first(logvar),
+    "video": to_channels_first(video),
+  }
   for k in ref:
-    err, theirs = _rel(ours[k], ref[k]), _rel(torch_bf16[k], ref[k])
+    err, theirs = rel_err(ours[k], ref[k]), rel_err(torch_bf16[k], ref[k])
     mae, theirs_mae = np.abs(ours[k] - ref[k]).mean(), np.abs(torch_bf16[k] - ref[k]).mean()
     print(
       f"bf16 {k}: max err / max|fp32 ref| = {err:.2e} (diffusers bf16: {theirs:.2e}); "
       f"mean abs err {mae:.2e} (diffusers bf16: {theirs_mae:.2e})"
     )
-    assert np.isfinite(err) and err <= BF16_BOUND[k], (k, err)
+    assert np.isfinite(err) and err <= VAE_BF16_BOUND[k], (k, err)
     assert err <= 2 * theirs and mae <= 2 * theirs_mae, (k, err, theirs, mae, theirs_mae)
 
 

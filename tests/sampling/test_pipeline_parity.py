@@ -1,47 +1,23 @@
 """The JAX I2V pipeline against diffusers' ``WanImageToVideoPipeline`` end to end.
 
-Both are given the same tiny random pipeline folder (``tests.test_conditioning.tiny_pipeline``)
+Both are given the same tiny random pipeline folder (``tests.helpers.tiny.tiny_pipeline``)
 and the same initial latents (``latents=`` channels-first there, ``noise=`` channels-last here);
 outputs are compared on ``output_type="np"`` (video in [0, 1]).
 """
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import torch
-from flax import nnx
 from PIL import Image
 
-from pose_jax.conditioning import load_pipeline_transformer
 from pose_jax.pose import timesteps
 from pose_jax.sampling import samplers
 from pose_jax.sampling.pipeline import I2VPipeline
-from tests.test_conditioning import make_image, tiny_pipeline
+from tests.helpers.tiny import make_image, tiny_pipeline, write_train_workdir
 
 H, W, F = 32, 48, 5
 PROMPT, NEGATIVE = "a cat runs on the beach at sunset", "red car in the rain"
 TOL = 1e-4
-
-
-def write_train_workdir(folder: str, root, seed: int = 1, scale: float = 0.05):
-  """A train workdir as the trainer writes it (``checkpoints/<step>/{state, meta}``, the
-  student and EMA as ``nnx.State``s, no ``wan_config``): the pipeline's DiT, perturbed."""
-  model = load_pipeline_transformer(folder)
-  state = nnx.state(model, nnx.Param)
-  leaves, treedef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  bump = lambda a, k, s: a + s * jax.random.normal(k, a.shape, a.dtype)
-  student = jax.tree.unflatten(treedef, [bump(a, k, scale) for a, k in zip(leaves, keys)])
-  ema = jax.tree.unflatten(treedef, [bump(a, k, scale / 2) for a, k in zip(leaves, keys)])
-  with ocp.CheckpointManager(root / "checkpoints") as mngr:
-    tree = {"step": 7, "params": {"student": student}, "ema": ema}
-    items = dict(
-      state=ocp.args.StandardSave(tree),
-      meta=ocp.args.JsonSave({"phase_index": 1, "has_teacher": False}),
-    )
-    mngr.save(7, args=ocp.args.Composite(**items))
-  return root
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +30,7 @@ def setup(tmp_path_factory):
   return pipe, str(folder), ours, noise.astype(np.float32), make_image()
 
 
-def torch_video(pipe, image, noise, steps, cfg, negative=NEGATIVE):
+def torch_video(pipe, image, noise, steps, guidance_scale, negative=NEGATIVE):
   latents = torch.from_numpy(noise.transpose(0, 4, 1, 2, 3).copy())
   return pipe(
     image=Image.fromarray(image),
@@ -64,7 +40,7 @@ def torch_video(pipe, image, noise, steps, cfg, negative=NEGATIVE):
     width=W,
     num_frames=F,
     num_inference_steps=steps,
-    guidance_scale=cfg,
+    guidance_scale=guidance_scale,
     latents=latents,
     output_type="np",
   ).frames
@@ -74,16 +50,15 @@ def jax_video(ours, image, noise, **kw):
   return ours(image, PROMPT, num_frames=F, height=H, width=W, noise=noise, **kw)
 
 
-@pytest.mark.parametrize("steps,cfg", [(1, 1.0), (4, 1.0), (4, 3.5)])
-def test_euler_matches_diffusers(setup, steps, cfg):
+@pytest.mark.parametrize("steps,guidance_scale", [(1, 1.0), (4, 1.0), (4, 3.5)])
+def test_euler_matches_diffusers(setup, steps, guidance_scale):
   pipe, _, ours, noise, image = setup
-  ref = torch_video(pipe, image, noise, steps, cfg)
-  got = jax_video(
-    ours, image, noise, steps=steps, mode="teacher", cfg=cfg, shift=3.0, negative_prompt=NEGATIVE
-  )
+  ref = torch_video(pipe, image, noise, steps, guidance_scale)
+  kw = dict(mode="teacher", guidance_scale=guidance_scale, shift=3.0, negative_prompt=NEGATIVE)
+  got = jax_video(ours, image, noise, steps=steps, **kw)
   assert got.shape == ref.shape == (1, F, H, W, 3) and got.dtype == np.float32
   err = float(np.abs(got - ref).max())
-  print(f"euler steps={steps} cfg={cfg}: max abs err {err:.2e}")
+  print(f"euler steps={steps} guidance_scale={guidance_scale}: max abs err {err:.2e}")
   assert err <= TOL
   if steps == 1:  # the student's one step from t = 1 is one Euler step
     student = jax_video(ours, image, noise, steps=1)
@@ -130,10 +105,10 @@ def test_unipc_matches_diffusers(setup):
   assert seen[0].dtype == torch.int64 and int(seen[0][0]) == 999
   kw = dict(steps=4, mode="teacher", scheduler="unipc", shift=3.0, negative_prompt=NEGATIVE)
   errs = [
-    float(np.abs(jax_video(ours, image, noise, cfg=c, **kw) - r).max())
-    for c, r in ((1.0, ref), (3.5, ref_cfg))
+    float(np.abs(jax_video(ours, image, noise, guidance_scale=g, **kw) - r).max())
+    for g, r in ((1.0, ref), (3.5, ref_cfg))
   ]
-  print(f"unipc 4 steps: max abs err cfg=1 {errs[0]:.2e}, cfg=3.5 {errs[1]:.2e}")
+  print(f"unipc 4 steps: max abs err guidance 1 {errs[0]:.2e}, 3.5 {errs[1]:.2e}")
   assert max(errs) <= TOL
 
 
@@ -142,13 +117,13 @@ def test_exported_student_one_step_in_diffusers(setup, tmp_path):
   == our student's one step from the same workdir."""
   from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
 
-  from pose_jax.convert.__main__ import main as convert
+  from pose_jax.convert.cli import main as convert
 
   pipe, folder, _, noise, image = setup
   work = write_train_workdir(folder, tmp_path / "work")
   out = tmp_path / "export"
   args = [f"--src={work}", f"--dst={out}", f"--config={folder}/transformer/config.json"]
-  assert convert(["export", *args, "--format=diffusers", "--no-progress"]) == 0
+  assert convert(["export", *args, "--format=diffusers", "--noprogress"]) == 0
   student = WanTransformer3DModel.from_pretrained(out).eval()
   exported = WanImageToVideoPipeline(**{**pipe.components, "transformer": student})
   ref = torch_video(exported, image, noise, 1, 1.0)

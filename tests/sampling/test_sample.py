@@ -1,8 +1,14 @@
 """``python -m pose_jax.sampling`` end to end on the tiny pipeline folder, its errors, the video
-writers, and sharded sampling on the 8 fake CPU devices."""
+writers, and sharded sampling on the 8 fake CPU devices.
 
+The CLI runs in subprocesses, as users run it: its absl flags are defined at import, on the one
+global flag registry that other CLIs' modules imported by the test session share.
+"""
+
+import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -13,11 +19,9 @@ from pose_jax import sharding as shd
 from pose_jax.conditioning import fit_area
 from pose_jax.convert import importer
 from pose_jax.sampling import video_io
-from pose_jax.sampling.__main__ import main
 from pose_jax.sampling.pipeline import I2VPipeline
 from tests.helpers import ROOT
-from tests.sampling.test_pipeline_parity import write_train_workdir
-from tests.test_conditioning import make_image, tiny_pipeline
+from tests.helpers.tiny import make_image, tiny_pipeline, write_train_workdir
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +37,38 @@ def env(tmp_path_factory):
   return root
 
 
-def cli(env, *args):
-  return main(["sample", f"--pipeline={env / 'pipe'}", "--prompt=a cat on the beach", *args])
+def sample_cli(*args) -> subprocess.CompletedProcess:
+  """``python -m pose_jax.sampling ARGS`` (the test's 8 fake CPU devices): status and output."""
+  env = dict(
+    os.environ,
+    # The runs compile the same encoders: share them through JAX's persistent cache (the one
+    # tests/helpers/toy_runs.py uses).
+    JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), "pose_jax_tests_jax_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
+  cmd = [sys.executable, "-m", "pose_jax.sampling", *args]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_student_from_model_checkpoint_writes_mp4_and_strip(env, tmp_path, capsys):
+def cli(env, *args) -> subprocess.CompletedProcess:
+  return sample_cli(f"--pipeline={env / 'pipe'}", "--prompt=a cat on the beach", *args)
+
+
+def error_line(r: subprocess.CompletedProcess) -> str:
+  """The one line a failed run ends with; no traceback before it."""
+  assert "Traceback" not in r.stderr, r.stderr[-3000:]
+  line = r.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: "), r.stderr[-3000:]
+  return line
+
+
+def test_student_from_model_checkpoint_writes_mp4_and_strip(env, tmp_path):
   out, strip = tmp_path / "v.mp4", tmp_path / "s.png"
   args = [f"--ckpt={env / 'ckpt'}", f"--image={env / 'photo.png'}", "--frames=5", "--size=32x48"]
-  assert cli(env, *args, f"--out={out}", f"--strip={strip}") == 0
-  log = capsys.readouterr().out
+  r = cli(env, *args, f"--out={out}", f"--strip={strip}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  log = r.stdout
   assert f"model checkpoint {env / 'ckpt'}" in log and f"wrote {out}: 5 frames 32x48" in log
   frames = video_io.read_mp4(str(out))
   assert frames.shape == (5, 32, 48, 3)
@@ -59,21 +86,20 @@ def test_student_from_model_checkpoint_writes_mp4_and_strip(env, tmp_path, capsy
   assert psnr(frames.astype(float)) >= psnr(again.astype(float)) - 0.5 > 15.0
 
 
-def test_teacher_euler_from_the_pipeline_transformer_fits_area(env, tmp_path, capsys):
+def test_teacher_euler_from_the_pipeline_transformer_fits_area(env, tmp_path):
   out = tmp_path / "t.mp4"
   args = ["--teacher", "--steps=2", "--cfg=2.0", "--scheduler=euler", "--negative_prompt=red car"]
-  assert (
-    cli(env, *args, f"--image={env / 'tall.jpg'}", "--frames=1", "--max_area=2000", f"--out={out}")
-    == 0
-  )
+  args += [f"--image={env / 'tall.jpg'}", "--frames=1", "--max_area=2000", f"--out={out}"]
+  r = cli(env, *args)
+  assert r.returncode == 0, r.stderr[-3000:]
   h, w = fit_area((40, 30), 2000)
   assert (h, w) == (48, 32)
-  log = capsys.readouterr().out
+  log = r.stdout
   assert "pipeline's own DiT" in log and f"1 frames {h}x{w}" in log and "teacher euler 2" in log
   assert video_io.read_mp4(str(out)).shape == (1, h, w, 3)
 
 
-def test_prompts_file_from_workdir_ema_sharded(env, tmp_path, capsys):
+def test_prompts_file_from_workdir_ema_sharded(env, tmp_path):
   listing = tmp_path / "prompts.tsv"
   listing.write_text(
     f"# image<TAB>prompt\n{env / 'photo.png'}\ta red car\n\n{env / 'photo.png'}\ta dog\n"
@@ -81,10 +107,11 @@ def test_prompts_file_from_workdir_ema_sharded(env, tmp_path, capsys):
   args = [f"--ckpt={env / 'work'}", "--which=ema", f"--prompts_file={listing}", "--frames=5"]
   out = tmp_path / "b.mp4"
   args += ["--size=32x32", "--batch_size=2", "--mesh=(1,-1,1,1)", f"--out={out}"]
-  assert cli(env, *args) == 1  # --prompt (given by cli) with a file
-  assert "--prompts_file replaces --image/--prompt" in capsys.readouterr().err
-  assert main(["sample", f"--pipeline={env / 'pipe'}", *args]) == 0
-  log = capsys.readouterr().out
+  r = cli(env, *args)  # --prompt (given by cli) with a file
+  assert r.returncode == 2 and "--prompts_file replaces --image/--prompt" in error_line(r)
+  r = sample_cli(f"--pipeline={env / 'pipe'}", *args)
+  assert r.returncode == 0, r.stderr[-3000:]
+  log = r.stdout
   assert "ema of train step" in log and "batch of 2" in log
   for i in range(2):
     assert video_io.read_mp4(str(tmp_path / f"b_{i:03d}.mp4")).shape == (5, 32, 32, 3)
@@ -112,37 +139,34 @@ def test_sharded_sample_equals_unsharded(env):
 
 
 @pytest.mark.parametrize(
-  "args,message",
+  "args,message,status",
   [
-    (["--image={d}/missing.png"], "--image: {d}/missing.png: no such file"),
-    (["--image={d}/corrupt.png"], "--image: {d}/corrupt.png: cannot read the image"),
-    (["--image={d}/notes.txt"], "--image: {d}/notes.txt: not an image"),
-    (["--image={d}/photo.png", "--size=40x48"], "--size=40x48: height=40 must be positive mult"),
-    (["--image={d}/photo.png", "--size=32"], "--size=32: expected HxW"),
-    (["--image={d}/photo.png", "--frames=8"], "--frames=8: must be 1 + 4k"),
-    (["--image={d}/photo.png", "--cfg=5"], "--cfg=5.0: the student takes no guidance"),
-    (["--image={d}/photo.png", "--scheduler=euler"], "--scheduler applies to --teacher"),
-    (["--prompt=x"], "--image is required"),
-    (["--image={d}/photo.png", "--ckpt={d}/nowhere"], "--ckpt={d}/nowhere: no such checkpoint"),
-    (["--image={d}/photo.png", "--mesh=(3,1,1,1)"], "--mesh=(3,1,1,1): mesh shape"),
-    (["--image={d}/photo.png", "--ckpt={d}/ckpt", "--which=ema"], "--which/--step apply"),
+    (["--image={d}/missing.png"], "--image: {d}/missing.png: no such file", 2),
+    (["--image={d}/corrupt.png"], "--image: {d}/corrupt.png: cannot read the image", 2),
+    (["--image={d}/notes.txt"], "--image: {d}/notes.txt: not an image", 2),
+    (["--image={d}/photo.png", "--size=40x48"], "--size=40x48: height=40 must be positive mult", 2),
+    (["--image={d}/photo.png", "--size=32"], "--size=32: expected HxW", 2),
+    (["--image={d}/photo.png", "--frames=8"], "--frames=8: must be 1 + 4k", 2),
+    (["--image={d}/photo.png", "--frames=x"], "flag --frames=x: invalid literal for int()", 2),
+    (["--image={d}/photo.png", "--cfg=5"], "--cfg=5.0: the student takes no guidance", 2),
+    (["--image={d}/photo.png", "--scheduler=euler"], "--scheduler applies to --teacher", 2),
+    (["--prompt=x"], "--image is required", 2),
+    (["--image={d}/photo.png", "--ckpt={d}/nowhere"], "--ckpt={d}/nowhere: no such checkpoint", 2),
+    (["--image={d}/photo.png", "--mesh=(3,1,1,1)"], "--mesh=(3,1,1,1): mesh shape", 2),
+    (["--image={d}/photo.png", "--config=nope"], "--config=nope: not a preset", 2),
+    (["--image={d}/photo.png", "--ckpt={d}/ckpt", "--which=ema"], "--which/--step apply", 1),
   ],
 )
-def test_errors_name_the_flag(env, tmp_path, capsys, args, message):
+def test_errors_name_the_flag(env, tmp_path, args, message, status):
   args = [a.format(d=env) for a in args]
-  assert cli(env, *args, f"--out={tmp_path / 'x.mp4'}") == 1
-  err = capsys.readouterr().err
-  assert err.startswith("error: ") and message.format(d=env) in err, err
+  r = cli(env, *args, f"--out={tmp_path / 'x.mp4'}")
+  assert r.returncode == status and message.format(d=env) in error_line(r), r.stderr[-3000:]
   assert not (tmp_path / "x.mp4").exists()
 
 
 def test_missing_pipeline_exits_without_traceback(env, tmp_path):
-  cmd = [sys.executable, "-m", "pose_jax.sampling", f"--image={env / 'photo.png'}", "--prompt=a"]
-  r = subprocess.run(
-    [*cmd, f"--out={tmp_path / 'x.mp4'}"], cwd=ROOT, capture_output=True, text=True, timeout=120
-  )
-  assert r.returncode == 1 and "Traceback" not in r.stderr
-  assert "error: --pipeline is required" in r.stderr
+  r = sample_cli(f"--image={env / 'photo.png'}", "--prompt=a", f"--out={tmp_path / 'x.mp4'}")
+  assert r.returncode == 2 and error_line(r).startswith("error: --pipeline is required")
 
 
 def test_video_io(env, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from pose_jax.models.wan import WanTransformer, preset
+from pose_jax.pose.velocity import dit_forward
 from pose_jax.sampling import samplers
 
 
@@ -61,6 +62,21 @@ def test_cfg_and_k_step(model):
   assert two.shape == i["noise"].shape and float(jnp.abs(two - plain).max()) > 1e-4
   with pytest.raises(ValueError, match="needs a key"):
     samplers.student(*args, steps=2)
+
+
+def test_k_step_student_is_the_renoising_recipe_bit_for_bit(model):
+  """3 steps: ``x0 = eps - v(eps, 1)``, then at t = 2/3 and 1/3 re-noise ``(1 - t) x0 + t eps'``
+  (``1 - t`` in float64, eps' from ``fold_in(key, i)``) and ``x0 = x_t - t v(x_t, t)``."""
+  graphdef, params, i = model
+  args = (graphdef, params, i["noise"], i["cond"], i["text"], i["image"])
+  key = jax.random.key(1)
+  v = lambda x, t: dit_forward(graphdef, params, x, t, i["cond"], i["text"], i["image"])
+  want = i["noise"] - v(i["noise"], 1.0)
+  for n, t in enumerate(np.linspace(1.0, 0.0, 4)[1:-1]):
+    eps = jax.random.normal(jax.random.fold_in(key, n), want.shape)
+    x_t = (1.0 - t) * want + t * eps
+    want = x_t - np.float32(t) * v(x_t, t)
+  np.testing.assert_array_equal(samplers.student(*args, steps=3, key=key), want)
 
 
 @pytest.mark.parametrize("shift,steps", [(3.0, 4), (5.0, 50), (1.0, 1), (3.0, 20)])

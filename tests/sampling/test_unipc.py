@@ -10,6 +10,7 @@ from flax import nnx
 
 from pose_jax.models.wan import WanTransformer, preset
 from pose_jax.sampling import unipc
+from tests.helpers.numerics import rel_err
 
 # scheduler/scheduler_config.json of the Wan-AI/Wan2.1-*-Diffusers checkpoints (flow_shift 3.0
 # there; 5.0 for 720p).
@@ -72,10 +73,6 @@ def ours(steps, shift, **kw):
   return np.asarray(
     unipc.unipc_sample(lambda x, t: field(x, t, jnp), noise, steps=steps, shift=shift, **kw)
   )
-
-
-def rel_err(a, ref):
-  return float(np.abs(np.asarray(a, np.float64) - ref).max() / np.abs(ref).max())
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0, 5.0])

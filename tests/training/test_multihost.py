@@ -1,7 +1,6 @@
 """Two JAX processes x 4 CPU devices (gloo collectives) train, checkpoint, restart and resume;
 the run equals the one-process 8-device reference."""
 
-import signal
 import socket
 
 import pytest
@@ -23,8 +22,7 @@ def test_two_processes_checkpoint_resume_and_equal_one_process(toy_reference_run
   procs = start_both()
   runs.wait_for_checkpoint(tmp_path, 4, procs)
   for p in procs:
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    runs.kill(p)
   outs = [runs.finish(p) for p in start_both()]
   assert all("resumed from step" in o for o in outs)
   assert "process 1/2: 4 local of 8 devices" in outs[1]

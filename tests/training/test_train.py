@@ -1,5 +1,5 @@
 """End-to-end training runs on the toy config: logs and samples, exact resume after SIGTERM and
-SIGKILL, non-finite stop."""
+SIGKILL, non-finite stop, a distillation run from a converted teacher."""
 
 import dataclasses
 import json
@@ -9,14 +9,21 @@ import signal
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
+from pose_jax import config as config_lib
+from pose_jax import sharding as shd
+from pose_jax.convert import orbax_io
 from pose_jax.data import records
+from pose_jax.pose import models as pose_models
+from pose_jax.pose.config import PoseConfig
 from pose_jax.sampling import video_io
 from pose_jax.training import checkpoint as ckpt_lib
 from pose_jax.training import train
 from tests.helpers import toy_runs as runs
-from tests.test_main import _load
+from tests.helpers.tiny import load_config
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +60,7 @@ def test_sigterm_then_sigkill_then_resume_equals_the_uninterrupted_run(full_run,
   assert not os.path.exists(tmp_path / "final.json")
   proc = runs.start(tmp_path)
   runs.wait_for_checkpoint(tmp_path, 6, [proc])  # killed in the equilibrium phase
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  runs.kill(proc)
   out = runs.finish(runs.start(tmp_path))
   assert "resumed from step" in out
   runs.assert_same_run(full_run[0], tmp_path)
@@ -72,7 +78,7 @@ class _PoisonedSource(records.SyntheticSource):
 
 
 def test_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_path):
-  config = _load("toy_i2v")
+  config = load_config("toy_i2v")
   config.model.num_layers = 2
   config.pose.phases = ("pretrain",)
   config.pose.steps = (10,)
@@ -84,13 +90,41 @@ def test_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_path):
     _PoisonedSource(num_examples=24), 8, shuffle=False, shard_by_process=False
   )
   with pytest.raises(train.NonFiniteError, match="2 consecutive non-finite steps at step 3"):
-    train.run(config, str(tmp_path), iterator)
+    train.run(config, str(tmp_path), data=(iterator, None))
   assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit()) == [1, 2]
-  lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+  lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [x["finite"] for x in lines] == [1.0, 0.0, 0.0] and lines[-1]["skipped"] == 2.0
   mngr = ckpt_lib.manager(str(tmp_path), every=1, keep=5, async_save=False)
-  saved = mngr.restore(
-    2, args=ckpt_lib.ocp.args.Composite(state=ckpt_lib.ocp.args.StandardRestore())
-  )
+  saved = mngr.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   leaves = jax.tree.leaves(saved["state"]["params"]["student"])
   assert leaves and all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+
+@pytest.mark.slow
+def test_distillation_starts_from_the_init_from_teacher(tmp_path):
+  """No pretrain phase: the student starts as the converted teacher of ``ckpt.init_from``, read
+  straight into its sharding; frozen here, it stays that teacher (seed 7, not the run's seed 0)
+  bit for bit."""
+  config = load_config("toy_i2v")
+  config.model.num_layers = 2
+  config.pose.phases, config.pose.steps = ("priming",), (1,)
+  config.optim.freeze = ("^student/",)
+  cfg = config_lib.wan_config(config.model)
+  mesh = shd.make_mesh(config.mesh.shape)
+  _, teacher, _, _ = pose_models.build(cfg, PoseConfig.from_config(config.pose), 7, mesh)
+  path = tmp_path / "teacher"
+  items = dict(
+    params=ocp.args.PyTreeSave(nnx.to_pure_dict(teacher)),
+    wan_config=ocp.args.JsonSave(orbax_io.model_meta(cfg)),
+  )
+  ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(path, args=ocp.args.Composite(**items))
+  config.ckpt.init_from = str(path)
+  iterator = records.make_iterator(
+    records.SyntheticSource(num_examples=8), 8, shuffle=False, shard_by_process=False
+  )
+  state = train.run(config, str(tmp_path / "run"), data=(iterator, None))
+  assert int(state.step) == 1 and float(state.skipped) == 0
+  student, want = jax.tree.leaves(state.params["student"]), jax.tree.leaves(teacher)
+  assert len(student) == len(want) > 0
+  for got, ref in zip(student, want):
+    assert got.sharding == ref.sharding and np.array_equal(np.asarray(got), np.asarray(ref))

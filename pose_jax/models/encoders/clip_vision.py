@@ -27,12 +27,11 @@ from flax import nnx
 
 from pose_jax import sharding as shd
 from pose_jax.models.attention import IMPLS, dot_product_attention
-from pose_jax.models.layers import Dense, LayerNorm, gelu_exact, gelu_tanh
+from pose_jax.models.layers import Dense, LayerNorm, gelu_exact, gelu_tanh, param
 from pose_jax.models.remat import POLICIES
 from pose_jax.models.wan.config import DTYPES
 
 _LAYER_META = {nnx.PARTITION_NAME: shd.LAYERS}
-_HIDDEN = (shd.ACT_BATCH, None, None)
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -177,10 +176,10 @@ class CLIPEncoderLayer(nnx.Module):
 
   def __call__(self, h: jax.Array) -> jax.Array:
     """h [B, L, D] float32 -> [B, L, D] float32."""
-    h = shd.constrain(h, _HIDDEN)
+    h = shd.constrain(h, shd.TOKENS)
     h = h + self.self_attn(self.layer_norm1(h).astype(self.dtype)).astype(jnp.float32)
     h = h + self.mlp(self.layer_norm2(h).astype(self.dtype)).astype(jnp.float32)
-    return shd.constrain(h, _HIDDEN)
+    return shd.constrain(h, shd.TOKENS)
 
 
 class CLIPVisionEncoder(nnx.Module):
@@ -198,12 +197,12 @@ class CLIPVisionEncoder(nnx.Module):
       dtype=cfg.compute_dtype,
       rngs=rngs,
     )
-    self.class_embedding = nnx.Param(
-      jax.random.normal(rngs.params(), (d,), jnp.float32) * d**-0.5, out_sharding=(shd.EMBED,)
+    self.class_embedding = param(
+      jax.random.normal(rngs.params(), (d,), jnp.float32) * d**-0.5, (shd.EMBED,)
     )
-    self.position_embedding = nnx.Param(
+    self.position_embedding = param(
       jax.random.normal(rngs.params(), (cfg.num_positions, d), jnp.float32) * 0.02,
-      out_sharding=(None, shd.EMBED),
+      (None, shd.EMBED),
     )
     self.pre_layrnorm = LayerNorm(d, eps=cfg.layer_norm_eps, affine=True)
 
@@ -260,4 +259,4 @@ class CLIPVisionEncoder(nnx.Module):
     patches = self.patch_embedding(patches.astype(cfg.compute_dtype)).astype(jnp.float32)
     cls = jnp.broadcast_to(self.class_embedding[...], (patches.shape[0], 1, patches.shape[-1]))
     h = jnp.concatenate([cls, patches], axis=1) + self.position_embedding[...]
-    return shd.constrain(self.pre_layrnorm(h), _HIDDEN)
+    return shd.constrain(self.pre_layrnorm(h), shd.TOKENS)

@@ -27,12 +27,11 @@ from einops import rearrange
 from flax import nnx
 
 from pose_jax import sharding as shd
-from pose_jax.models.layers import Dense, RMSNorm, gelu_exact, gelu_tanh
+from pose_jax.models.layers import Dense, RMSNorm, gelu_exact, gelu_tanh, param
 from pose_jax.models.remat import POLICIES
 from pose_jax.models.wan.config import DTYPES
 
 _LAYER_META = {nnx.PARTITION_NAME: shd.LAYERS}
-_HIDDEN = (shd.ACT_BATCH, None, None)
 
 # transformers ACT2FN names -> functions.
 ACTIVATIONS = {
@@ -164,11 +163,11 @@ class UMT5Attention(nnx.Module):
     self.k = Dense(d, inner, axes=(shd.EMBED, shd.HEADS), **kw)
     self.v = Dense(d, inner, axes=(shd.EMBED, shd.HEADS), **kw)
     self.o = Dense(inner, d, axes=(shd.HEADS, shd.EMBED), **kw)
-    self.relative_attention_bias = nnx.Param(
+    self.relative_attention_bias = param(
       jax.random.normal(
         rngs.params(), (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.float32
       ),
-      out_sharding=(None, None),
+      (None, None),
     )
     self.num_heads = cfg.num_heads
 
@@ -210,10 +209,10 @@ class UMT5Block(nnx.Module):
 
   def __call__(self, h: jax.Array, buckets: jax.Array, mask: jax.Array) -> jax.Array:
     """h [B, L, D] float32 -> [B, L, D] float32."""
-    h = shd.constrain(h, _HIDDEN)
+    h = shd.constrain(h, shd.TOKENS)
     h = h + self.attn(self.attn_norm(h).astype(self.dtype), buckets, mask).astype(jnp.float32)
     h = h + self.ffn(self.ffn_norm(h).astype(self.dtype)).astype(jnp.float32)
-    return shd.constrain(h, _HIDDEN)
+    return shd.constrain(h, shd.TOKENS)
 
 
 class UMT5Encoder(nnx.Module):
@@ -221,9 +220,9 @@ class UMT5Encoder(nnx.Module):
 
   def __init__(self, cfg: UMT5Config, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.shared = nnx.Param(
+    self.shared = param(
       jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), jnp.float32),
-      out_sharding=(None, shd.EMBED),
+      (None, shd.EMBED),
     )
 
     @nnx.split_rngs(splits=cfg.num_layers)
@@ -254,7 +253,7 @@ class UMT5Encoder(nnx.Module):
         input_ids.shape[1], cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
       )
     )
-    h = shd.constrain(jnp.take(self.shared[...], input_ids, axis=0), _HIDDEN)
+    h = shd.constrain(jnp.take(self.shared[...], input_ids, axis=0), shd.TOKENS)
 
     def body(h, block):
       return block(h, buckets, mask)

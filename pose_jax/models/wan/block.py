@@ -18,14 +18,10 @@ from flax import nnx
 from pose_jax import sharding as shd
 from pose_jax.models import remat
 from pose_jax.models.attention import dot_product_attention
-from pose_jax.models.layers import Dense, LayerNorm, RMSNorm, gelu_tanh
+from pose_jax.models.layers import Dense, LayerNorm, RMSNorm, gelu_tanh, param
 from pose_jax.models.wan.config import WanConfig
 from pose_jax.models.wan.embeddings import FeedForward
 from pose_jax.models.wan.rope import apply_rope
-
-_QKV = (shd.ACT_BATCH, shd.ACT_LENGTH, shd.ACT_HEADS, None)
-_KV = (shd.ACT_BATCH, shd.ACT_KV, shd.ACT_HEADS, None)
-_HIDDEN = (shd.ACT_BATCH, shd.ACT_LENGTH, shd.ACT_EMBED)
 
 
 class WanAttention(nnx.Module):
@@ -61,20 +57,20 @@ class WanAttention(nnx.Module):
   def __call__(self, x, context=None, image=None, rope=None):
     """x [B,L,D]; context [B,S,D] (None = self-attention); image [B,M,D]; rope (cos, sin)."""
     kv_in = x if context is None else context
-    q = self._heads(self.norm_q(self.to_q(x)), _QKV)
-    k = self._heads(self.norm_k(self.to_k(kv_in)), _KV)
-    v = self._heads(self.to_v(kv_in), _KV)
+    q = self._heads(self.norm_q(self.to_q(x)), shd.QUERIES)
+    k = self._heads(self.norm_k(self.to_k(kv_in)), shd.KEYS_VALUES)
+    v = self._heads(self.to_v(kv_in), shd.KEYS_VALUES)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-      k = shd.constrain(k, _KV)
+      k = shd.constrain(k, shd.KEYS_VALUES)
     out = dot_product_attention(q, k, v, self.impl)
     if image is not None:
       if self.add_k_proj is None:
         raise ValueError("image tokens given to an attention layer without add_k_proj (T2V)")
-      k_img = self._heads(self.norm_added_k(self.add_k_proj(image)), _KV)
-      v_img = self._heads(self.add_v_proj(image), _KV)
+      k_img = self._heads(self.norm_added_k(self.add_k_proj(image)), shd.KEYS_VALUES)
+      v_img = self._heads(self.add_v_proj(image), shd.KEYS_VALUES)
       out = out + dot_product_attention(q, k_img, v_img, self.impl)
-    out = shd.constrain(out, _QKV)
+    out = shd.constrain(out, shd.QUERIES)
     return self.to_out(rearrange(out, "b l n k -> b l (n k)"))
 
 
@@ -98,15 +94,14 @@ class WanBlock(nnx.Module):
       rngs=rngs,
     )
     self.norm3 = LayerNorm(d, eps=cfg.eps, affine=False)
-    self.scale_shift_table = nnx.Param(
-      jax.random.normal(rngs.params(), (1, 6, d), jnp.float32) / d**0.5,
-      out_sharding=(None, shd.MOD, shd.EMBED),
+    self.scale_shift_table = param(
+      jax.random.normal(rngs.params(), (1, 6, d), jnp.float32) / d**0.5, (None, shd.MOD, shd.EMBED)
     )
 
   def __call__(self, h, text, image, mod, rope):
     """h [B,L,D] (compute dtype); text [B,S,D]; image [B,M,D] | None; mod [B,6,D] f32."""
     dtype = h.dtype
-    h = shd.constrain(h, _HIDDEN)
+    h = shd.constrain(h, shd.HIDDEN)
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(
       self.scale_shift_table[...] + mod, 6, axis=1
     )
@@ -120,4 +115,4 @@ class WanBlock(nnx.Module):
     x = (self.norm3(h) * (1 + scale2) + shift2).astype(dtype)
     ff = remat.tag(self.ffn(x), remat.FFN_OUT)
     h = (h.astype(jnp.float32) + ff.astype(jnp.float32) * gate2).astype(dtype)
-    return shd.constrain(h, _HIDDEN)
+    return shd.constrain(h, shd.HIDDEN)

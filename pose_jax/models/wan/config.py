@@ -102,34 +102,34 @@ class WanConfig:
     }
 
   @classmethod
-  def from_diffusers(cls, cfg: dict[str, Any], **runtime) -> WanConfig:
+  def from_diffusers(cls, config_json: dict[str, Any], **runtime) -> WanConfig:
     """Builds from a diffusers ``config.json`` dict; rejects variants this port does not cover."""
-    dim = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    dim = config_json["num_attention_heads"] * config_json["attention_head_dim"]
     unsupported = []
-    if cfg.get("qk_norm", "rms_norm_across_heads") != "rms_norm_across_heads":
-      unsupported.append(f"qk_norm={cfg.get('qk_norm')!r}")
-    if cfg.get("pos_embed_seq_len") is not None:
+    if config_json.get("qk_norm", "rms_norm_across_heads") != "rms_norm_across_heads":
+      unsupported.append(f"qk_norm={config_json.get('qk_norm')!r}")
+    if config_json.get("pos_embed_seq_len") is not None:
       unsupported.append("pos_embed_seq_len (Wan2.1 FLF2V)")
-    if cfg.get("added_kv_proj_dim") not in (None, dim):
-      unsupported.append(f"added_kv_proj_dim={cfg['added_kv_proj_dim']} != inner dim {dim}")
-    if (cfg.get("image_dim") is None) != (cfg.get("added_kv_proj_dim") is None):
+    if config_json.get("added_kv_proj_dim") not in (None, dim):
+      unsupported.append(f"added_kv_proj_dim={config_json['added_kv_proj_dim']} != inner dim {dim}")
+    if (config_json.get("image_dim") is None) != (config_json.get("added_kv_proj_dim") is None):
       unsupported.append("image_dim and added_kv_proj_dim must be set together")
     if unsupported:
       raise ValueError("unsupported WanTransformer3DModel config: " + ", ".join(unsupported))
     return cls(
-      patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
-      num_heads=cfg["num_attention_heads"],
-      head_dim=cfg["attention_head_dim"],
-      in_channels=cfg["in_channels"],
-      out_channels=cfg.get("out_channels") or cfg["in_channels"],
-      text_dim=cfg["text_dim"],
-      freq_dim=cfg["freq_dim"],
-      ffn_dim=cfg["ffn_dim"],
-      num_layers=cfg["num_layers"],
-      cross_attn_norm=cfg.get("cross_attn_norm", True),
-      eps=cfg.get("eps", 1e-6),
-      image_dim=cfg.get("image_dim"),
-      rope_max_seq_len=cfg.get("rope_max_seq_len", 1024),
+      patch_size=tuple(config_json.get("patch_size", (1, 2, 2))),
+      num_heads=config_json["num_attention_heads"],
+      head_dim=config_json["attention_head_dim"],
+      in_channels=config_json["in_channels"],
+      out_channels=config_json.get("out_channels") or config_json["in_channels"],
+      text_dim=config_json["text_dim"],
+      freq_dim=config_json["freq_dim"],
+      ffn_dim=config_json["ffn_dim"],
+      num_layers=config_json["num_layers"],
+      cross_attn_norm=config_json.get("cross_attn_norm", True),
+      eps=config_json.get("eps", 1e-6),
+      image_dim=config_json.get("image_dim"),
+      rope_max_seq_len=config_json.get("rope_max_seq_len", 1024),
       **runtime,
     )
 

@@ -24,9 +24,9 @@ from einops import rearrange
 from flax import nnx
 
 from pose_jax import sharding as shd
-from pose_jax.models.layers import Dense, LayerNorm
+from pose_jax.models.layers import Dense, LayerNorm, param
 from pose_jax.models.remat import POLICIES
-from pose_jax.models.wan.block import _HIDDEN, WanBlock
+from pose_jax.models.wan.block import WanBlock
 from pose_jax.models.wan.config import WanConfig
 from pose_jax.models.wan.embeddings import ConditionEmbedder
 from pose_jax.models.wan.rope import rope_angles
@@ -65,9 +65,8 @@ class WanTransformer(nnx.Module):
       dtype=cfg.compute_dtype,
       rngs=rngs,
     )
-    self.scale_shift_table = nnx.Param(
-      jax.random.normal(rngs.params(), (1, 2, d), jnp.float32) / d**0.5,
-      out_sharding=(None, shd.MOD, shd.EMBED),
+    self.scale_shift_table = param(
+      jax.random.normal(rngs.params(), (1, 2, d), jnp.float32) / d**0.5, (None, shd.MOD, shd.EMBED)
     )
 
   # ----------------------------------------------------------------------------------------------
@@ -118,7 +117,7 @@ class WanTransformer(nnx.Module):
     patches = rearrange(
       x, "b (t pt) (h ph) (w pw) c -> b (t h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw
     )
-    h = shd.constrain(self.patch_embedding(patches.astype(cfg.compute_dtype)), _HIDDEN)
+    h = shd.constrain(self.patch_embedding(patches.astype(cfg.compute_dtype)), shd.HIDDEN)
     temb, mod, text, image = self.condition_embedder(timestep, text, image)
     cos, sin = rope_angles(grid, cfg.head_dim, cfg.rope_max_seq_len)
     ctx = dict(

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 from flax import nnx
 
-from pose_jax.models.layers import Dense, torch_linear_init
+from pose_jax.models.layers import Dense, param, torch_linear_init
 
 CACHE_T = 2
 Cache = Any  # a pytree of arrays (or None)
@@ -69,8 +69,8 @@ class CausalConv3d(nnx.Module):
     self.space_pad = ((ph, ph), (pw, pw))
     init = torch_linear_init(in_dim * kt * kh * kw)
     shape = (kt, kh, kw, in_dim, out_dim)
-    self.kernel = nnx.Param(init(rngs.params(), shape, param_dtype), out_sharding=(None,) * 5)
-    self.bias = nnx.Param(init(rngs.params(), (out_dim,), param_dtype), out_sharding=(None,))
+    self.kernel = param(init(rngs.params(), shape, param_dtype), (None,) * 5)
+    self.bias = param(init(rngs.params(), (out_dim,), param_dtype), (None,))
 
   def conv_valid(self, x: jax.Array) -> jax.Array:
     """The conv over already time-padded ``x`` (valid in time)."""
@@ -113,8 +113,8 @@ class Conv2d(nnx.Module):
     self.padding = ((0, 0), *padding)
     init = torch_linear_init(in_dim * kernel * kernel)
     shape = (kernel, kernel, in_dim, out_dim)
-    self.kernel = nnx.Param(init(rngs.params(), shape, param_dtype), out_sharding=(None,) * 4)
-    self.bias = nnx.Param(init(rngs.params(), (out_dim,), param_dtype), out_sharding=(None,))
+    self.kernel = param(init(rngs.params(), shape, param_dtype), (None,) * 4)
+    self.bias = param(init(rngs.params(), (out_dim,), param_dtype), (None,))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return _conv(x, self.kernel[...][None], self.bias[...], self.stride, self.padding)
@@ -130,7 +130,7 @@ class RMSNorm(nnx.Module):
   def __init__(self, dim: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
     del rngs
     self.scale = dim**0.5
-    self.gamma = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=(None,))
+    self.gamma = param(jnp.ones((dim,), param_dtype), (None,))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     xf = x.astype(jnp.float32)
