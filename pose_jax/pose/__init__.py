@@ -1,1 +1,2 @@
-"""The POSE method: time sampling, losses, discriminator head and the phase steps."""
+"""The POSE method: its config (PoseConfig), time sampling, losses, the DiT as a velocity field,
+the discriminator head, the model set, and one record per phase (phases.PHASES)."""

@@ -68,10 +68,8 @@ def test_groups_per_phase_and_knob(phase, knobs, groups):
   knobs = dataclasses.replace(KNOBS, **knobs)
   assert PHASES[phase].trains(knobs) == groups
   assert optim.trained_groups(phase, knobs) == groups
-  extra = 2 if "lora" in groups else 0
-  assert PHASES[phase].extra_fake_updates(dataclasses.replace(knobs, fake_updates_per_step=3)) == (
-    extra
-  )
+  three = dataclasses.replace(knobs, fake_updates_per_step=3)  # two extra LoRA-only updates
+  assert PHASES[phase].extra_fake_updates(three) == (2 if "lora" in groups else 0)
 
 
 def _is_zero(var, producers) -> bool:
