@@ -6,7 +6,6 @@ import dataclasses
 
 import jax
 import jax.extend
-import jax.numpy as jnp
 import pytest
 
 from pose_jax.aot import flops
@@ -16,6 +15,7 @@ from pose_jax.pose import models as pose_models
 from pose_jax.pose.config import PoseConfig
 from pose_jax.pose.phases import PHASES, LossContext
 from pose_jax.training import optim, steps
+from tests.helpers import tiny
 
 CFG = preset("tiny", num_layers=2)
 KNOBS = PoseConfig(lora_rank=2, d_width=16, d_heads=2, d_num_queries=2, steps=(3, 3))
@@ -25,15 +25,7 @@ JOINT_COPY = dict(joint=True, d_backbone="trainable_copy")
 @pytest.fixture(scope="module")
 def setup():
   models, teacher, lora, head = pose_models.build(CFG, KNOBS)
-  ks = jax.random.split(jax.random.key(0), 4)
-  b, t, h, w = 2, 2, 4, 6
-  batch = dict(
-    latents=jax.random.normal(ks[0], (b, t, h, w, 16)),
-    cond=jax.random.normal(ks[1], (b, t, h, w, 20)),
-    text=jax.random.normal(ks[2], (b, 7, 32)),
-    neg_text=jnp.zeros((b, 7, 32)),
-    image=jax.random.normal(ks[3], (b, 5, 32)),
-  )
+  batch = tiny.dit_batch()
   params = {"student": teacher, "lora": lora, "head": head, "backbone": teacher}
   return models, teacher, params, batch
 

@@ -18,6 +18,7 @@ from pose_jax.pose.config import PoseConfig
 from pose_jax.pose.phases import LossContext
 from pose_jax.training import optim, steps
 from pose_jax.training import state as state_lib
+from tests.helpers import tiny
 
 CFG = preset("tiny", num_layers=2)
 KNOBS = PoseConfig(lora_rank=2, d_width=16, d_heads=2, d_num_queries=2, steps=(3, 3))
@@ -34,15 +35,7 @@ def _optim_config(lr=1e-3):
 @pytest.fixture(scope="module")
 def setup():
   models, teacher, lora, head = pose_models.build(CFG, KNOBS)
-  ks = jax.random.split(jax.random.key(0), 4)
-  b, t, h, w = 2, 2, 4, 6
-  batch = dict(
-    latents=jax.random.normal(ks[0], (b, t, h, w, 16)),
-    cond=jax.random.normal(ks[1], (b, t, h, w, 20)),
-    text=jax.random.normal(ks[2], (b, 7, 32)),
-    neg_text=jnp.zeros((b, 7, 32)),
-    image=jax.random.normal(ks[3], (b, 5, 32)),
-  )
+  batch = tiny.dit_batch()
   return models, teacher, lora, head, batch
 
 
