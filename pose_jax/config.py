@@ -7,7 +7,7 @@ import ml_collections
 from pose_jax import sharding as shd
 from pose_jax.models.wan import WanConfig, preset
 from pose_jax.models.wan.config import PRESETS
-from pose_jax.pose.config import PoseConfig
+from pose_jax.pose.config import PHASES, FieldError, PoseConfig
 
 VAE_TEMPORAL = 4
 DATA_KINDS = ("toy", "records")
@@ -43,6 +43,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _fail("mesh.shape", f"tensor={mesh['tensor']} does not divide num_heads={cfg.num_heads}")
   try:
     knobs = PoseConfig.from_config(config.pose)
+  except FieldError as e:
+    raise ConfigError("; ".join(f"config.pose.{k}: {m}" for k, m in e.problems)) from None
   except (TypeError, ValueError) as e:
     _fail("pose", str(e))
   if max(knobs.d_layers, default=0) >= cfg.num_layers:
@@ -53,6 +55,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
       "empty, and no 'pretrain' phase makes a teacher: give a converted teacher checkpoint "
       "(python -m pose_jax.convert import ...) or add the pretrain phase",
     )
+  _validate_optim(config.optim)
   d = config.data
   if d.kind not in DATA_KINDS:
     _fail("data.kind", f"{d.kind!r} not in {DATA_KINDS}")
@@ -60,7 +63,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _fail("data.frames", f"{d.frames} is not 1+4k (the VAE's temporal stride is 4)")
   if d.kind == "records" and not d.path:
     _fail("data.path", "data.kind='records' needs the directory of ArrayRecord shards")
+  if d.kind == "records":
+    for side in ("height", "width"):
+      if d[side] and (d[side] < 0 or d[side] % 16):
+        _fail(f"data.{side}", f"{d[side]} must be a positive multiple of 16 (0: the shards')")
+  if d.kind == "toy" and d.size < 16:
+    _fail("data.size", f"{d.size}: toy clips need a side of at least 16 pixels")
   t = config.train
+  for key in ("batch_size", "log_every", "max_bad_steps"):
+    if t[key] < 1:
+      _fail(f"train.{key}", f"{t[key]} must be >= 1")
   dp = mesh["data"] * mesh["fsdp"]
   if t.batch_size % dp:
     _fail("train.batch_size", f"{t.batch_size} is not divisible by data x fsdp parallelism {dp}")
@@ -70,5 +82,40 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _fail("train.micro_batches", f"{t.micro_batches} does not divide the per-process batch")
   if config.eval.every < 0:
     _fail("eval.every", f"{config.eval.every} must be >= 0 (0: sample only at phase ends)")
-  if config.ckpt.every < 1 or config.ckpt.keep < 1:
-    _fail("ckpt", "every and keep must be >= 1")
+  if config.eval.teacher_steps < 1:
+    _fail("eval.teacher_steps", f"{config.eval.teacher_steps} must be >= 1")
+  if config.eval.fps < 1:
+    _fail("eval.fps", f"{config.eval.fps} must be >= 1")
+  for key in ("every", "keep"):
+    if config.ckpt[key] < 1:
+      _fail(f"ckpt.{key}", f"{config.ckpt[key]} must be >= 1")
+
+
+def _validate_optim(optim: ml_collections.ConfigDict) -> None:
+  """Every optimizer group's values in their ranges, named ``config.optim.<group>.<key>``."""
+  for group in ("student", "lora", "head", "backbone"):
+    c = optim[group]
+    if c is None:
+      continue
+    key = f"optim.{group}"
+    by_phase = dict(c.lr_by_phase or {})
+    unknown = sorted(set(by_phase) - set(PHASES))
+    if unknown:
+      _fail(f"{key}.lr_by_phase", f"unknown phases {unknown} (choose from {PHASES})")
+    for name, lr in [("lr", c.lr)] + [(f"lr_by_phase.{p}", v) for p, v in by_phase.items()]:
+      if not lr > 0:
+        _fail(f"{key}.{name}", f"{lr} must be > 0 (freeze parameters with config.optim.freeze)")
+    if c.decay not in ("constant", "cosine"):
+      _fail(f"{key}.decay", f"{c.decay!r} not in ('constant', 'cosine')")
+    checks = [
+      ("warmup_steps", c.warmup_steps >= 0, ">= 0"),
+      ("final_frac", 0 <= c.final_frac <= 1, "in [0, 1]"),
+      ("clip", c.clip >= 0, ">= 0 (0: no clipping)"),
+      ("b1", 0 <= c.b1 < 1, "in [0, 1)"),
+      ("b2", 0 <= c.b2 < 1, "in [0, 1)"),
+      ("eps", c.eps > 0, "> 0"),
+      ("weight_decay", c.weight_decay >= 0, ">= 0"),
+    ]
+    for name, ok, want in checks:
+      if not ok:
+        _fail(f"{key}.{name}", f"{c[name]} must be {want}")

@@ -13,14 +13,16 @@ limit, ``diffusion_pytorch_model-0000i-of-0000n.safetensors`` + ``...safetensors
 (the layout of both diffusers and the Wan2.1 release). Safetensors files are written by hand
 (8-byte header length, JSON header, raw little-endian data): the header is known from shapes
 alone, so each tensor goes to disk as soon as it is read, one layer at a time, and memory never
-holds a shard. The directory is assembled under a temporary name and renamed when complete.
+holds a shard. The directory is assembled under a temporary name beside ``DIR`` and renamed when
+complete; ``overwrite`` replaces only a previous export (:func:`is_export`), and a failed export
+leaves it as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import re
 import struct
 from collections.abc import Callable, Iterator
 
@@ -36,6 +38,25 @@ from pose_jax.models.wan import WanConfig
 WEIGHTS = "diffusion_pytorch_model"
 MAX_SHARD_BYTES = 5 * 10**9
 _ST_NAMES = {v: k for k, v in importer.ST_DTYPES.items()}
+EXPORT = "a pose_jax export"
+_EXPORT_FILE = re.compile(
+  rf"config\.json|{WEIGHTS}\.safetensors(\.index\.json)?|{WEIGHTS}-\d{{5,}}-of-\d{{5,}}\.safetensors"
+)
+
+
+def is_export(path) -> bool:
+  """Whether ``path`` holds exactly what :func:`export_checkpoint` writes: ``config.json`` and the
+  weights (one file, or shards and their index), nothing else."""
+  path = epath.Path(path)
+  if not path.is_dir():
+    return False
+  entries = list(path.iterdir())
+  names = {p.name for p in entries}
+  return (
+    "config.json" in names
+    and any(n.endswith(".safetensors") for n in names)
+    and all(_EXPORT_FILE.fullmatch(p.name) and p.is_file() for p in entries)
+  )
 
 
 # --- source --------------------------------------------------------------------------------------
@@ -253,10 +274,13 @@ def export_checkpoint(
 
   ``dtype`` (bf16|fp32) casts every tensor; by default each is written in its source dtype
   recorded at import, else as stored. ``config`` is needed only when the source has no
-  ``wan_config`` item.
+  ``wan_config`` item. ``overwrite`` replaces a previous export, once the new one is complete;
+  anything else at ``dst`` is refused (:func:`orbax_io.check_destination`), before any reading.
   """
   if fmt not in ("diffusers", "wan"):
     raise ValueError(f"unknown export format {fmt!r} (diffusers or wan)")
+  dst = epath.Path(dst)
+  orbax_io.check_destination(dst, overwrite, is_export, EXPORT)
   item, prefix, meta = resolve_source(src, step, which)
   if config is None:
     if meta is None:
@@ -264,11 +288,8 @@ def export_checkpoint(
     config = orbax_io.config_from_meta(meta)
   reader = orbax_io.ParamReader(item, prefix)
   entries = plan_entries(config, reader.specs, fmt, dtype, (meta or {}).get("source_dtypes"))
-  dst = epath.Path(dst)
-  if dst.exists() and any(dst.iterdir()) and not overwrite:
-    raise FileExistsError(f"{dst} exists and is not empty (pass --overwrite to replace it)")
-  tmp = dst.parent / f".{dst.name}.export-tmp-{os.getpid()}"
-  tmp.rmtree(missing_ok=True)
+  tmp = orbax_io.temporary_sibling(dst, "export-tmp")
+  tmp.rmtree(missing_ok=True)  # a stale one of this process id
   tmp.mkdir(parents=True)
   shards = shard(entries, max_shard_bytes)
   names = (
@@ -290,9 +311,7 @@ def export_checkpoint(
       weight_map = {e.key: n for n, group in zip(names, shards) for e in group}
       index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
       (tmp / f"{WEIGHTS}.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    if dst.exists():
-      dst.rmtree()
-    tmp.rename(dst)
+    orbax_io.install(tmp, dst, overwrite, is_export, EXPORT)
   except BaseException:
     tmp.rmtree(missing_ok=True)
     raise

@@ -92,6 +92,11 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
 
 def source_tensors(src: str) -> dict[str, TensorInfo]:
   """``{key: TensorInfo}`` over a single file or an index of shards (see SafetensorsReader)."""
+  root = epath.Path(src)
+  if (root / "model_index.json").is_file() and (root / "transformer").is_dir():
+    raise CheckpointError(
+      f"{src} is a diffusers pipeline folder; pass its transformer: --src={root / 'transformer'}"
+    )
   reader = SafetensorsReader(src)
   keys = reader.keys()  # validates the index against the shards' own key lists
   infos: dict[str, TensorInfo] = {}
@@ -114,6 +119,23 @@ def _key_map(fmt: str):
   if fmt == "wan":
     return lambda k: (d := wan_original.to_diffusers_key(k)) and wan_diffusers.key_map(d)
   raise ValueError(f"unknown source format {fmt!r} (diffusers or wan)")
+
+
+_LAYOUTS = {"diffusers": "a diffusers", "wan": "an original Wan2.1"}
+
+
+def _layout(keys) -> str | None:
+  """``diffusers`` or ``wan``: the layout whose names most of ``keys`` are (None: neither)."""
+  wan = sum(wan_original.to_diffusers_key(k) is not None for k in keys)
+  diffusers = sum(wan_original.from_diffusers_key(k) is not None for k in keys)
+  return None if wan == diffusers else "wan" if wan > diffusers else "diffusers"
+
+
+def _check_layout(src: str, fmt: str, tensors: dict[str, TensorInfo]) -> None:
+  """Names the other ``--format`` when the source's keys are that layout's, not ``fmt``'s."""
+  found = _layout(tensors)
+  if found is not None and found != fmt:
+    raise CheckpointError(f"{src} looks like {_LAYOUTS[found]} checkpoint; use --format={found}")
 
 
 def _source_config(src: str, fmt: str, tensors: dict[str, TensorInfo]) -> WanConfig:
@@ -148,7 +170,9 @@ def plan_import(
   src: str, fmt: str = "diffusers", dtype: str | None = None, config: WanConfig | None = None
 ) -> ImportPlan:
   """Checks a source checkpoint against the model and returns what to write (nothing read yet)."""
+  key_map = _key_map(fmt)
   tensors = source_tensors(src)
+  _check_layout(src, fmt, tensors)
   cfg = config if config is not None else _source_config(src, fmt, tensors)
   dtype = DTYPE_ALIASES.get(dtype or _default_dtype(tensors))
   if dtype is None:
@@ -161,7 +185,7 @@ def plan_import(
     pieces[tgt.path][tgt.layer] = (key, tgt.transform)
 
   readable = [(k, t) for k, t in tensors.items() if t.dtype in ST_DTYPES]
-  problems = strict.check(readable, targets, _key_map(fmt), stacked="blocks", on_match=place)
+  problems = strict.check(readable, targets, key_map, stacked="blocks", on_match=place)
   bad = [f"{k}: {t.dtype}" for k, t in tensors.items() if t.dtype not in ST_DTYPES]
   problems.unsupported_dtype = bad
   problems.raise_if_any(src)
@@ -215,7 +239,11 @@ def import_checkpoint(
   overwrite: bool = False,
   progress: bool = True,
 ) -> ImportPlan:
-  """Converts ``src`` (diffusers or ``wan`` layout) into a model checkpoint at ``dst``."""
+  """Converts ``src`` (diffusers or ``wan`` layout) into a model checkpoint at ``dst``.
+
+  ``overwrite`` replaces a previous model checkpoint, once the new one is complete; anything
+  else at ``dst`` is refused (:func:`orbax_io.check_destination`), before any reading."""
+  orbax_io.check_destination(dst, overwrite)
   plan = plan_import(src, fmt, dtype, config)
   with tqdm(
     total=plan.total_bytes,

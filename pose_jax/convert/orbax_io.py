@@ -8,13 +8,17 @@ A *model checkpoint* is an orbax composite checkpoint directory (local path or `
   PATH/wan_config/   JSON: {"format_version", "wan_config": WanConfig.to_diffusers(),
                      "param_dtype", "source": {...}, "source_dtypes": {param path: dtype}}
 
-Writing goes through orbax's own ``Checkpointer`` (temporary directory renamed on finalize, or
-``commit_success.txt`` on GCS), so a write that fails midway leaves nothing at ``PATH`` that a
-restore would accept. The parameters are :class:`LazyArray` leaves that produce their data one
-piece (one layer of a stacked array) at a time; a custom orbax type handler writes each piece
-into its own zarr chunk(s) as it arrives, so the host never holds more than one source tensor
-(and its converted copy). Chunks are stored uncompressed: zstd gains little on weights and its
-encode buffers would add another copy of every piece to peak memory.
+Writing goes through orbax's own ``Checkpointer`` into a hidden sibling ``.NAME.write-tmp-PID``,
+renamed to ``PATH`` when complete, so a write that fails midway leaves nothing at ``PATH`` that a
+restore would accept and leaves a previous checkpoint there as it was. Only a previous model
+checkpoint (:func:`is_model_checkpoint`) is ever replaced, and only with ``overwrite``; a file or
+a folder holding anything else is refused (:func:`check_destination`).
+
+The parameters are :class:`LazyArray` leaves that produce their data one piece (one layer of a
+stacked array) at a time; a custom orbax type handler writes each piece into its own zarr
+chunk(s) as it arrives, so the host never holds more than one source tensor (and its converted
+copy). Chunks are stored uncompressed: zstd gains little on weights and its encode buffers would
+add another copy of every piece to peak memory.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -42,6 +47,9 @@ from pose_jax.models.wan import WanConfig, WanTransformer
 
 PARAMS = "params"
 CONFIG = "wan_config"
+STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's, in every checkpoint it writes
+COMMIT_MARKER = "commit_success.txt"  # orbax's, in a finished checkpoint (and each item)
+MODEL_CHECKPOINT = "a pose_jax model checkpoint"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 64 << 20  # zarr chunk target: bounded read amplification when restoring sharded
 PIPELINE_BYTES = 16 << 20  # writes in flight before waiting (larger pieces are written alone)
@@ -185,8 +193,76 @@ def _checkpointer(on_bytes=lambda n: None) -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=registry))
 
 
-def _remove_temporaries(path: epath.Path) -> None:
-  for tmp in path.parent.glob(f"{path.name}.orbax-checkpoint-tmp*"):
+# --- destinations: write beside, replace only our own output --------------------------------------
+def is_model_checkpoint(path) -> bool:
+  """Whether ``path`` is a directory :func:`save_model_checkpoint` wrote: the ``wan_config`` item
+  and orbax's checkpoint metadata, and besides them nothing but ``params`` and orbax's commit
+  marker."""
+  path = epath.Path(path)
+  if not path.is_dir():
+    return False
+  names = {p.name for p in path.iterdir()}
+  ours = {PARAMS, CONFIG, STEP_METADATA, COMMIT_MARKER}
+  return (path / CONFIG).is_dir() and {CONFIG, STEP_METADATA} <= names <= ours
+
+
+def _contents(path: epath.Path, most: int = 6) -> str:
+  names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+  more = f", ... ({len(names) - most} more)" if len(names) > most else ""
+  return ", ".join(names[:most]) + more
+
+
+def check_destination(
+  dst, overwrite: bool, is_ours: Callable = is_model_checkpoint, what: str = MODEL_CHECKPOINT
+) -> None:
+  """Raises :class:`FileExistsError` unless ``dst`` may be written: absent, an empty directory,
+  or (with ``overwrite``) a previous output that ``is_ours`` recognises (``what``: its name;
+  default: a model checkpoint). A file, or a directory holding anything else, is never replaced."""
+  dst = epath.Path(dst)
+  if not dst.exists():
+    return
+  refuse = "refusing to replace it — choose another --dst or remove it yourself"
+  if not dst.is_dir():
+    raise FileExistsError(f"{dst} is a file, not {what}; {refuse}")
+  if not any(dst.iterdir()):
+    return
+  if not is_ours(dst):
+    raise FileExistsError(f"{dst} is not {what} (holds {_contents(dst)}); {refuse}")
+  if not overwrite:
+    raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
+
+
+def temporary_sibling(dst, tag: str) -> epath.Path:
+  """``DIR/.NAME.TAG-PID`` beside ``dst = DIR/NAME``: where an output is written before
+  :func:`install` moves it to ``dst``."""
+  dst = epath.Path(dst)
+  return dst.parent / f".{dst.name}.{tag}-{os.getpid()}"
+
+
+def install(
+  tmp: epath.Path, dst, overwrite: bool, is_ours=is_model_checkpoint, what=MODEL_CHECKPOINT
+) -> None:
+  """Renames the finished output ``tmp`` to ``dst``. ``dst`` is checked again (it may have changed
+  while ``tmp`` was written, see :func:`check_destination`); a previous one is renamed aside and
+  removed only once ``tmp`` has taken its place."""
+  dst = epath.Path(dst)
+  check_destination(dst, overwrite, is_ours, what)
+  if not dst.exists():
+    tmp.rename(dst)
+    return
+  old = temporary_sibling(dst, "replaced")
+  dst.rename(old)
+  try:
+    tmp.rename(dst)
+  except BaseException:
+    old.rename(dst)
+    raise
+  old.rmtree()
+
+
+def _remove(path: epath.Path) -> None:
+  """``path`` and orbax's temporaries of it (``PATH.orbax-checkpoint-tmp*``), if any."""
+  for tmp in [*path.parent.glob(f"{path.name}.orbax-checkpoint-tmp*"), path]:
     for attempt in range(5):  # orbax may still be closing files in its background threads
       try:
         tmp.rmtree(missing_ok=True)
@@ -203,18 +279,24 @@ def save_model_checkpoint(
   overwrite: bool = False,
   on_bytes: Callable[[int], None] = lambda n: None,
 ) -> None:
-  """Writes ``params`` (nested dict of :class:`LazyArray`) and ``meta`` (JSON) atomically."""
+  """Writes ``params`` (nested dict of :class:`LazyArray`) and ``meta`` (JSON) atomically.
+
+  ``overwrite`` replaces a previous model checkpoint at ``path``, only once the new one is
+  complete; anything else at ``path`` raises :class:`FileExistsError` (:func:`check_destination`).
+  """
   path = epath.Path(path)
-  if path.exists() and not overwrite:
-    raise FileExistsError(f"{path} exists (pass overwrite=True / --overwrite to replace it)")
+  check_destination(path, overwrite)
   path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = temporary_sibling(path, "write-tmp")
+  _remove(tmp)  # a stale one of this process id
   args = ocp.args.Composite(
     **{PARAMS: ocp.args.PyTreeSave(params), CONFIG: ocp.args.JsonSave(meta)}
   )
   try:
-    _checkpointer(on_bytes).save(path, args=args, force=overwrite)
+    _checkpointer(on_bytes).save(tmp, args=args)
+    install(tmp, path, overwrite)
   except BaseException:
-    _remove_temporaries(path)
+    _remove(tmp)
     raise
 
 

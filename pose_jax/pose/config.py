@@ -14,6 +14,14 @@ D_BACKBONES = ("ema", "frozen_teacher", "trainable_copy")
 D_NOISE = ("uniform", "logit_normal", "fake_band")
 
 
+class FieldError(ValueError):
+  """Values of :class:`PoseConfig` out of range: ``problems`` is ``[(field, message)]``."""
+
+  def __init__(self, problems: list[tuple[str, str]]):
+    super().__init__("; ".join(f"{k}: {m}" for k, m in problems))
+    self.problems = problems
+
+
 @dataclasses.dataclass(frozen=True)
 class PoseConfig:
   phases: tuple[str, ...] = ("priming", "equilibrium")
@@ -51,37 +59,70 @@ class PoseConfig:
   joint_gan_weight: float = 1.0
 
   def __post_init__(self):
-    problems = []
+    problems = self.problems()
+    if problems:
+      raise FieldError(problems)
+
+  def problems(self) -> list[tuple[str, str]]:
+    """``[(field, what is wrong)]``: every value outside its meaning's range."""
+    out = []
     bad = [p for p in self.phases if p not in PHASES]
     if bad or not self.phases:
-      problems.append(f"phases: unknown {bad} (choose from {PHASES})")
+      out.append(("phases", f"unknown {bad} (choose from {PHASES})"))
+    elif list(self.phases) != sorted(set(self.phases), key=PHASES.index):
+      out.append(
+        ("phases", f"{self.phases} must be in the order {PHASES}, each at most once (a phase "
+         "builds on the one before it: pretrain makes the teacher that priming distils)")
+      )
     if len(self.steps) != len(self.phases):
-      problems.append(f"steps: {len(self.steps)} entries for {len(self.phases)} phases")
+      out.append(("steps", f"{len(self.steps)} entries for {len(self.phases)} phases"))
     if any(s < 1 for s in self.steps):
-      problems.append("steps: every phase needs >= 1 step")
+      out.append(("steps", f"{self.steps}: every phase needs >= 1 step"))
     if self.d_backbone not in D_BACKBONES:
-      problems.append(f"d_backbone: {self.d_backbone!r} not in {D_BACKBONES}")
+      out.append(("d_backbone", f"{self.d_backbone!r} not in {D_BACKBONES}"))
     if self.d_noise not in D_NOISE:
-      problems.append(f"d_noise: {self.d_noise!r} not in {D_NOISE}")
-    if not 0.0 <= self.s_lo < 1.0:
-      problems.append(f"s_lo: {self.s_lo} must be in [0, 1)")
-    if not 0.0 < self.ema_decay < 1.0:
-      problems.append(f"ema_decay: {self.ema_decay} must be in (0, 1)")
-    if not 0.0 <= self.text_dropout < 1.0:
-      problems.append(f"text_dropout: {self.text_dropout} must be in [0, 1)")
-    if self.fake_updates_per_step < 1:
-      problems.append(f"fake_updates_per_step: {self.fake_updates_per_step} must be >= 1")
-    if self.lora_rank < 1:
-      problems.append("lora_rank: must be >= 1")
-    if problems:
-      raise ValueError("; ".join(problems))
+      out.append(("d_noise", f"{self.d_noise!r} not in {D_NOISE}"))
+    in_range = [  # (field, low, high, low inclusive, high inclusive); None: unbounded
+      ("flow_shift", 0.0, None, False, False),
+      ("text_dropout", 0.0, 1.0, True, False),
+      ("s_lo", 0.0, 1.0, True, False),
+      ("s_lo_end", 0.0, 1.0, True, False),
+      ("ema_decay", 0.0, 1.0, False, False),
+      ("lam_r1", 0.0, None, True, False),
+      ("lam_cons", 0.0, None, True, False),
+      ("sigma_s", 0.0, None, True, False),
+      ("sigma_t", 0.0, None, True, False),
+      ("cons_cfg", 0.0, None, True, False),
+      ("joint_gan_weight", 0.0, None, True, False),
+      ("lora_alpha", 0.0, None, False, False),
+    ]
+    for name, lo, hi, lo_in, hi_in in in_range:
+      value = getattr(self, name)
+      if value is None:
+        continue
+      below = lo is not None and (value < lo if lo_in else value <= lo)
+      above = hi is not None and (value > hi if hi_in else value >= hi)
+      if below or above:
+        if hi is None:
+          span = f"{'>=' if lo_in else '>'} {lo:g}"
+        else:
+          span = f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+        out.append((name, f"{value} must be {span}"))
+    for name in ("fake_updates_per_step", "lora_rank", "d_num_queries", "d_width", "d_heads"):
+      if getattr(self, name) < 1:
+        out.append((name, f"{getattr(self, name)} must be >= 1"))
+    if self.d_heads >= 1 and self.d_width % self.d_heads:
+      out.append(("d_width", f"{self.d_width} is not divisible by d_heads={self.d_heads}"))
+    if any(i < 0 for i in self.d_layers) or len(set(self.d_layers)) != len(self.d_layers):
+      out.append(("d_layers", f"{self.d_layers}: block indices must be distinct and >= 0"))
+    return out
 
   @classmethod
   def from_config(cls, pose) -> PoseConfig:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(pose.keys()) - fields)
     if unknown:
-      raise ValueError(f"unknown keys {unknown}")
+      raise FieldError([(k, "unknown key") for k in unknown])
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in pose.items()}
     return cls(**kw)
 

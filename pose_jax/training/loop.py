@@ -34,59 +34,97 @@ class NonFiniteError(FloatingPointError):
 
 
 class Preempted(SystemExit):
-  """SIGTERM (a TPU maintenance event, a scheduler): the current step finished, a checkpoint
-  was written; rerunning the same command resumes there. Exits with status 0."""
+  """SIGTERM (a TPU maintenance event, a scheduler) or SIGINT (Ctrl-C): the latest checkpoint is
+  current (the step in flight finished and was saved, or nothing ran since the last save);
+  rerunning the same command resumes there. Exits with status 0."""
 
-  def __init__(self, step: int):
+  def __init__(self, step: int | None, signal_name: str = "SIGTERM"):
     super().__init__(0)
     self.step = step
+    self.signal_name = signal_name
 
   def __str__(self) -> str:
-    return f"preempted: checkpoint written at step {self.step}; rerun the command to resume"
+    if not self.step:
+      return f"preempted ({self.signal_name}): nothing trained yet; rerun the command to start"
+    return (
+      f"preempted ({self.signal_name}): checkpoint written at step {self.step}; rerun the "
+      "command to resume"
+    )
 
 
 class PreemptionWatch:
-  """Whether the run must stop for preemption after ``step``.
+  """Whether the run must stop for preemption after ``step``, and a prompt exit when idle.
 
-  One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption service
-  (started by ``jax.distributed.initialize``) catches the signal on any host and all processes
-  agree on the same sync step (``CheckpointManager.reached_preemption``), so they save together.
+  One process: SIGTERM and SIGINT handlers. While steps run (``busy``), a signal sets a flag:
+  the step in flight finishes, is checkpointed and the run exits (``reached``). Elsewhere (data
+  build, restore, compiling, between phases: ``idle_at(step)``, the checkpoint at ``step``
+  being current) the handler raises :class:`Preempted` at once, so a signal during a long
+  compile does not wait for it. A second SIGINT raises ``KeyboardInterrupt``.
+
+  Several processes: JAX's preemption service (started by ``jax.distributed.initialize``)
+  catches SIGTERM on any host and all processes agree on the same sync step
+  (``CheckpointManager.reached_preemption``), so they save together.
   """
 
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
   def __init__(self):
-    self.signalled = False
-    self._previous = None
+    self.signalled = None  # the name of the signal received
+    self._idle_step = 0  # idle, and the checkpoint at this step is current (0: none yet)
+    self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.signalled = True
-    print("SIGTERM received: finishing the current step, then checkpointing", flush=True)
+    del frame
+    name = signal.Signals(signum).name
+    if self.signalled and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signalled = name
+    if self._idle_step is not None:
+      raise Preempted(self._idle_step, name)
+    print(f"{name} received: finishing the current step, then checkpointing", flush=True)
+
+  def busy(self) -> None:
+    """Steps are about to run: a signal is acted on after the step in flight."""
+    self._idle_step = None
+
+  def idle_at(self, step: int) -> None:
+    """The checkpoint at ``step`` is current (or ``step == 0``: nothing trained yet)."""
+    self._idle_step = step
 
   def reached(self, mngr, step: int) -> bool:
     if jax.process_count() > 1:
       return bool(mngr.reached_preemption(step))
-    return self.signalled
+    return self.signalled is not None
 
   def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
+    self._previous = {}
 
 
 class MetricWriter:
   """Scalars as JSON lines in ``<workdir>/metrics.jsonl`` and as TensorBoard events under
-  ``<workdir>/tensorboard`` (tensorboardX; ``gs://`` needs google-cloud-storage), process 0."""
+  ``<workdir>/tensorboard`` (tensorboardX; ``gs://`` needs google-cloud-storage), process 0.
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  ``start_step``: the step the run (re)starts from. Records past it, left by a run that went
+  further than its last checkpoint, are dropped (TensorBoard: its purge step), and a torn last
+  line (a write cut short) is repaired, so each step is logged once.
+  """
+
+  def __init__(self, workdir: str, tensorboard: bool = True, start_step: int = 0):
     self.path = epath.Path(workdir) / "metrics.jsonl"
     self.enabled = jax.process_index() == 0
     self.tb = None
+    if self.enabled:
+      _truncate_log(self.path, start_step)
     if self.enabled and tensorboard:
       from tensorboardX import SummaryWriter
 
-      self.tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"), flush_secs=30)
+      self.tb = SummaryWriter(
+        str(epath.Path(workdir) / "tensorboard"), flush_secs=30, purge_step=start_step + 1
+      )
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -101,6 +139,33 @@ class MetricWriter:
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
+
+
+def _truncate_log(path: epath.Path, start_step: int) -> None:
+  """Drops the records of ``path`` past ``start_step`` and an unparsable torn last line; other
+  lines (ours or not) are kept as they are. Rewritten only when something changes."""
+  if not path.exists():
+    return
+  text = path.read_text()
+  lines = text.split("\n")
+  torn = lines.pop() if lines else ""  # "" when the file ends with a newline
+  kept = []
+  for line in lines + ([torn] if torn else []):
+    try:
+      record = json.loads(line)
+    except ValueError:
+      if line is not torn:
+        kept.append(line)
+      continue
+    if not (isinstance(record, dict) and isinstance(record.get("step"), int | float)):
+      kept.append(line)
+    elif record["step"] <= start_step:
+      kept.append(line)
+  new = "".join(x + "\n" for x in kept)
+  if new != text:
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -128,9 +193,27 @@ class LoopContext:
 
 
 def compile_step(phase: str, jitted, *args):
-  """``jitted`` lowered and compiled for ``args``; logs XLA's memory and FLOPs and the time."""
+  """``jitted`` lowered and compiled for ``args``; logs XLA's memory and FLOPs and the time.
+
+  XLA compiles in a helper thread while this one waits in short, signal-interruptible joins, so
+  a SIGTERM/SIGINT during a long compile is acted on at once (``PreemptionWatch``)."""
   t0 = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
+  lowered = jitted.lower(*args)  # traced here: the mesh context is this thread's
+  out = {}
+
+  def work():
+    try:
+      out["compiled"] = lowered.compile()
+    except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
+      out["error"] = e
+
+  worker = threading.Thread(target=work, name=f"compile {phase}", daemon=True)
+  worker.start()
+  while worker.is_alive():
+    worker.join(0.1)
+  if "error" in out:
+    raise out["error"]
+  compiled = out["compiled"]
   stats = compiled_stats(compiled)
   print(f"[{phase}] compiled step: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
   print(f"[{phase}] compile {time.perf_counter() - t0:.1f}s")
@@ -154,6 +237,7 @@ def run_phase(
   first; returns the state at ``stop``. ``meta`` (the phase index, whether the teacher is saved)
   and ``teacher_to_save`` (when trained here) go into every checkpoint."""
   t_last, s_last = time.perf_counter(), start
+  ctx.watch.busy()
   for step in range(start + 1, stop + 1):
     state, metrics = compiled(state, teacher, batch)
     bad_steps = None
@@ -181,10 +265,10 @@ def run_phase(
     checkpoint.save(ctx.mngr, step, state, meta, ctx.data, teacher_to_save, force=force)
     if preempted:
       ctx.mngr.wait_until_finished()
-      ctx.mngr.close()
-      raise Preempted(step)
+      raise Preempted(step, ctx.watch.signalled or "SIGTERM")
     if step < stop:
       batch = ctx.next_batch()
+  ctx.watch.idle_at(stop)  # saved (asynchronously: the run's exit waits for it)
   return state
 
 

@@ -25,9 +25,10 @@ from flax import nnx
 from pose_jax import config as config_lib
 from pose_jax import data as data_lib
 from pose_jax import sharding as shd
+from pose_jax.convert import orbax_io
 from pose_jax.pose import models as pose_models
 from pose_jax.pose.config import PoseConfig
-from pose_jax.training import checkpoint, evals, loop, optim, steps
+from pose_jax.training import checkpoint, evals, loop, optim, resume, steps
 from pose_jax.training import state as state_lib
 from pose_jax.training.loop import NonFiniteError, Preempted
 
@@ -46,16 +47,40 @@ def phase_plan(knobs: PoseConfig) -> list[tuple[str, int, int]]:
 def run(config: ml_collections.ConfigDict, workdir: str, data=None) -> state_lib.TrainState:
   """Trains per ``config`` in ``workdir`` and returns the final state. ``data``: ``(iterator,
   eval batch | None)`` in place of ``data.from_config(config, workdir)``; the iterator yields
-  per-process batch dicts (numpy) and is checkpointable (grain ``DatasetIterator``)."""
+  per-process batch dicts (numpy) and is checkpointable (grain ``DatasetIterator``).
+
+  Raises ``ConfigError`` before any work when the workdir's checkpoints were written with a
+  config this one may not replace (``training/resume.py``), and :class:`Preempted` on SIGTERM
+  or SIGINT once the latest checkpoint is current."""
+  watch = loop.PreemptionWatch()  # first: a signal during start-up exits at once, with status 0
+  try:
+    return _run(config, workdir, data, watch)
+  finally:
+    watch.close()
+
+
+def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.TrainState:
   knobs = PoseConfig.from_config(config.pose)
   cfg = config_lib.wan_config(config.model)
   plan = phase_plan(knobs)
   total = plan[-1][2]
   trained_here = "pretrain" in knobs.phases  # the teacher is made here, so checkpointed too
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  saved_meta = {  # in every checkpoint: what a resume compares and what an export reads
+    "has_teacher": trained_here,
+    "config": resume.config_json(config),
+    **orbax_io.model_meta(cfg),
+  }
 
   # --- Mesh ------------------------------------------------------------------------------------
   mesh = shd.make_mesh(config.mesh.shape)
+
+  # --- Resume check: before any work, the workdir's config against this one ------------------
+  mngr = checkpoint.manager(workdir, config.ckpt.every, config.ckpt.keep, config.ckpt.async_save)
+  metas = resume.readable_metas(mngr)
+  if metas[0]:
+    newest, newest_meta = metas[0][0]
+    resume.check_config(newest_meta, config, newest, f"{workdir} (checkpoint {newest})")
 
   # --- Data ------------------------------------------------------------------------------------
   iterator, eval_batch = data if data is not None else data_lib.from_config(config, workdir)
@@ -64,33 +89,40 @@ def run(config: ml_collections.ConfigDict, workdir: str, data=None) -> state_lib
   models, *abstract = pose_models.build(cfg, knobs, config.seed, mesh, abstract=True)
   abstract_teacher = abstract[0]
 
-  # --- State -----------------------------------------------------------------------------------
-  mngr = checkpoint.manager(workdir, config.ckpt.every, config.ckpt.keep, config.ckpt.async_save)
-  step = mngr.latest_step()
-  meta = {"phase_index": 0} if step is None else checkpoint.restore_meta(mngr, step)
-  first = meta["phase_index"]
-  tx = optim.make_optimizer(config.optim, plan[first][0], total, knobs)
-  target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
-  if step is None:
-    teacher, lora, head = _fresh_params(config, cfg, knobs, mesh, abstract_teacher)
-    state = state_lib.create(target, tx, teacher, lora, head, knobs, config.seed)
-    step = 0
-  else:
+  # --- State: the newest intact checkpoint, or a fresh one -------------------------------------
+  def restore(step: int, meta: dict) -> tuple:
+    if metas[0] and step != metas[0][0][0]:
+      resume.check_config(meta, config, step, f"{workdir} (checkpoint {step})")
+    tx = optim.make_optimizer(config.optim, plan[meta["phase_index"]][0], total, knobs)
+    target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
     saved = abstract_teacher if meta.get("has_teacher") else None
     state, _, teacher = checkpoint.restore(mngr, step, target, iterator, saved)
+    return tx, target, state, teacher
+
+  found = resume.newest_intact(mngr, workdir, restore, metas)
+  if found is None:
+    first, step = 0, 0
+    tx = optim.make_optimizer(config.optim, plan[first][0], total, knobs)
+    target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
+    teacher, lora, head = _fresh_params(config, cfg, knobs, mesh, abstract_teacher)
+    state = state_lib.create(target, tx, teacher, lora, head, knobs, config.seed)
+  else:
+    step, meta, (tx, target, state, teacher) = found
+    first = meta["phase_index"]
     if teacher is None:
       teacher = _teacher_from(config.ckpt.init_from, mesh, abstract_teacher)
     print(f"resumed from step {step} (phase {plan[first][0]})")
+  watch.idle_at(step)
 
   # --- Evals -----------------------------------------------------------------------------------
   sampler = evals.from_config(config, workdir, models.dit, eval_batch)
 
   # --- Phases ----------------------------------------------------------------------------------
   ctx = loop.LoopContext(
-    writer=loop.MetricWriter(workdir, config.train.tensorboard),
+    writer=loop.MetricWriter(workdir, config.train.tensorboard, start_step=step),
     mngr=mngr,
     data=iterator,
-    watch=loop.PreemptionWatch(),
+    watch=watch,
     evals=sampler,
     mesh=mesh,
     log_every=config.train.log_every,
@@ -122,14 +154,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, data=None) -> state_lib
           batch,
           start=step,
           stop=stop,
-          meta={"phase_index": index, "has_teacher": trained_here},
+          meta={"phase_index": index, **saved_meta},
           teacher_to_save=teacher if trained_here else None,
         )
       step = stop
   finally:
-    ctx.watch.close()
     ctx.writer.close()
-  mngr.wait_until_finished()
+    mngr.wait_until_finished()  # an in-flight save completes, whatever ended the run
   mngr.close()
   _write_fingerprint(workdir, state)
 
@@ -139,9 +170,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, data=None) -> state_lib
 
 def _teacher_from(path: str, mesh, abstract_teacher):
   """The converted teacher checkpoint at ``path``, read straight into its sharding."""
-  from pose_jax.convert.orbax_io import restore_params
-
-  _, params = restore_params(path, mesh=mesh, like=nnx.to_pure_dict(abstract_teacher))
+  _, params = orbax_io.restore_params(path, mesh=mesh, like=nnx.to_pure_dict(abstract_teacher))
   teacher = jax.tree.map(lambda a: a, abstract_teacher)  # a new State; the target stays abstract
   nnx.replace_by_pure_dict(teacher, params)
   return teacher
