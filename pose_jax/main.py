@@ -122,14 +122,15 @@ def main(argv) -> None:
     config_lib.validate(config, jax.device_count(), jax.process_count())
   except config_lib.ConfigError as e:
     _config_error(str(e))
-  from pose_jax.training import resume, train  # here: keeps --help fast
+  from pose_jax import data  # here (with training): keeps --help fast
+  from pose_jax.training import resume, train
 
   try:
     train.run(config, _WORKDIR.value)
   except train.Preempted as e:
     print(e, flush=True)
     raise SystemExit(0) from None
-  except config_lib.ConfigError as e:  # the workdir's checkpoints hold another recipe
+  except (config_lib.ConfigError, data.DataMismatch) as e:  # the workdir's or the data's config
     _config_error(str(e))
   except resume.CheckpointDamaged as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

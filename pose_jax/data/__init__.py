@@ -15,9 +15,10 @@ from pose_jax.data.records import (
   read_meta,
   write_dataset,
 )
-from pose_jax.data.source import from_config
+from pose_jax.data.source import DataMismatch, from_config
 
 __all__ = [
+  "DataMismatch",
   "ExampleError",
   "ShardWriter",
   "SyntheticSource",

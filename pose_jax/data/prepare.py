@@ -14,7 +14,9 @@ resized to cover ``height x width`` and centre-cropped, then:
 and written as one example (:mod:`pose_jax.data.example`) to ArrayRecord shards in ``--out``,
 with ``meta.json`` and ``neg_text.npy`` (the ``--negative_prompt``, empty by default as in
 diffusers). Videos that cannot be read, are too short, have no caption or fail to encode are
-skipped, counted and listed: printed at the end and in ``<out>/summary.json``; the job goes on.
+skipped, counted and listed: printed at the end and in ``<out>/summary.json``; the job goes on,
+but exits nonzero if it wrote no example at all. The flags, the captions file and the globs are
+checked before the (slow) pipeline is loaded: a bad one ends the job with one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from flax import nnx
 from pose_jax.data.records import ShardWriter
 
 SKIP_REASONS = ("unreadable", "too_short", "no_caption", "encode_failed")
+MOD_VALUE = 16  # frame sides: multiples of the VAE stride x the DiT patch (checked again on load)
+CAPTION_KEYS = ("video", "caption")  # of every captions line, both strings
+LISTED = 10  # captions without a video named in the printed summary (all in summary.json)
 
 
 class ClipError(Exception):
@@ -54,10 +59,31 @@ def read_captions(path: str) -> dict[str, str]:
         continue
       try:
         row = json.loads(line)
-        out[os.path.basename(row["video"])] = str(row["caption"])
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in CAPTION_KEYS):
+          raise TypeError(f"got {line.strip()[:80]}")
+        out[os.path.basename(row["video"])] = row["caption"]
+      except (json.JSONDecodeError, TypeError) as e:
         raise ValueError(f"{path}:{n}: expected {{'video': ..., 'caption': ...}}: {e}") from e
   return out
+
+
+def check_inputs(
+  patterns: Sequence[str], captions: str, frames: int, height: int, width: int
+) -> tuple[list[str], dict[str, str]]:
+  """``(videos, captions)`` for the CLI's flags, or ValueError naming the flag (or the captions
+  file's line): run before the pipeline is loaded, so that a typo costs seconds, not minutes."""
+  if frames < 1 or (frames - 1) % 4:
+    raise ValueError(f"--frames={frames} must be 1 + 4k (1, 5, 9, ..., 81)")
+  for name, v in (("height", height), ("width", width)):
+    if v < MOD_VALUE or v % MOD_VALUE:
+      raise ValueError(f"--{name}={v} must be a positive multiple of {MOD_VALUE}")
+  if not os.path.isfile(captions):
+    raise ValueError(f"--captions={captions}: no such file")
+  rows = read_captions(captions)
+  videos = find_videos(patterns)
+  if not videos:
+    raise ValueError(f"--videos={','.join(patterns)}: matches no file")
+  return videos, rows
 
 
 def find_videos(patterns: Sequence[str]) -> list[str]:
@@ -78,6 +104,8 @@ def read_clip(path: str, frames: int, height: int, width: int, fps: float = 0.0)
   """
   import av
 
+  if os.path.isfile(path) and os.path.getsize(path) == 0:
+    raise ClipError("unreadable", "empty file (0 bytes)")
   try:
     with av.open(path) as container:
       if not container.streams.video:
@@ -161,6 +189,8 @@ def prepare(
   """
   from pose_jax.conditioning import ConditioningStack, check_video_size
 
+  if not videos:
+    raise ValueError("no videos to prepare")
   if isinstance(stack, str):
     stack = ConditioningStack.from_pretrained(stack)
   check_video_size(frames, height, width, stack.mod_value)
@@ -212,8 +242,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     f"skipped {summary['skipped']}: " + ", ".join(f"{k}={v}" for k, v in summary["counts"].items())
   )
   lines += [f"  {p}: {s['reason']} ({s['detail']})" for p, s in summary["skipped_videos"].items()]
-  if summary["captions_without_video"]:
-    lines.append(f"captions without a video: {len(summary['captions_without_video'])}")
+  unmatched = summary["captions_without_video"]
+  if unmatched:
+    more = f", ... and {len(unmatched) - LISTED} more" if len(unmatched) > LISTED else ""
+    lines.append(
+      f"captions without a video: {len(unmatched)}: {', '.join(unmatched[:LISTED])}{more}"
+    )
   return "\n".join(lines)
 
 
@@ -246,12 +280,18 @@ def main(argv: Sequence[str]) -> None:
   from pose_jax.conditioning import ConditioningStack
 
   f = flags.FLAGS
-  videos = find_videos(f.videos)
+  try:
+    videos, captions = check_inputs(f.videos, f.captions, f.frames, f.height, f.width)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   print(f"{len(videos)} video(s) match {f.videos}")
+  for pattern in f.videos:
+    if not glob.glob(pattern):
+      print(f"warning: --videos pattern {pattern} matches no file")
   stack = ConditioningStack.from_pretrained(f.pipeline, dtype=f.dtype)
   summary = prepare(
     videos,
-    read_captions(f.captions),
+    captions,
     f.out,
     stack,
     frames=f.frames,
@@ -263,6 +303,9 @@ def main(argv: Sequence[str]) -> None:
     float_dtype=f.float_dtype,
   )
   print(format_summary(summary))
+  if not summary["written"]:
+    summary_path = os.path.join(f.out, "summary.json")
+    raise SystemExit(f"error: 0 examples written, every video was skipped (see {summary_path})")
 
 
 if __name__ == "__main__":

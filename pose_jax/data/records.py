@@ -186,17 +186,25 @@ class SyntheticSource:
 
 
 def shard_paths(paths: str | Sequence[str]) -> list[str]:
-  """A dataset directory, a glob, or a list of shard paths -> sorted shard paths."""
+  """A dataset directory, a glob, or a list of shard paths -> sorted shard paths; never empty
+  (FileNotFoundError naming the directory or glob)."""
   if isinstance(paths, str):
     if os.path.isdir(paths):
-      meta_path = os.path.join(paths, META)
-      if os.path.isfile(meta_path):
-        return [os.path.join(paths, s) for s in read_meta(paths)["shards"]]
-      paths = os.path.join(paths, "*" + SUFFIX)
+      if os.path.isfile(os.path.join(paths, META)):
+        found = [os.path.join(paths, s) for s in read_meta(paths)["shards"]]
+      else:
+        found = sorted(glob.glob(os.path.join(glob.escape(paths), "*" + SUFFIX)))
+      if not found:
+        raise FileNotFoundError(
+          f"{paths} holds no ArrayRecord shards (was `prepare` run? did it write 0 examples?)"
+        )
+      return found
     found = sorted(glob.glob(paths))
     if not found:
       raise FileNotFoundError(f"no ArrayRecord shards match {paths!r}")
     return found
+  if not paths:
+    raise FileNotFoundError("an empty list of ArrayRecord shards")
   return list(paths)
 
 

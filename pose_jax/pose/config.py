@@ -71,8 +71,11 @@ class PoseConfig:
       out.append(("phases", f"unknown {bad} (choose from {PHASES})"))
     elif list(self.phases) != sorted(set(self.phases), key=PHASES.index):
       out.append(
-        ("phases", f"{self.phases} must be in the order {PHASES}, each at most once (a phase "
-         "builds on the one before it: pretrain makes the teacher that priming distils)")
+        (
+          "phases",
+          f"{self.phases} must be in the order {PHASES}, each at most once (a phase "
+          "builds on the one before it: pretrain makes the teacher that priming distils)",
+        )
       )
     if len(self.steps) != len(self.phases):
       out.append(("steps", f"{len(self.steps)} entries for {len(self.phases)} phases"))

@@ -1,9 +1,11 @@
 """Data: example schema, ArrayRecord shards, the grain pipeline (shuffle / repeat / sharding /
 checkpointed state) and the toy dataset + codec."""
 
+import functools
 import os
 
 import grain
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -13,8 +15,10 @@ from pose_jax.data import (
   SyntheticSource,
   decode_example,
   encode_example,
+  from_config,
   make_iterator,
   read_meta,
+  records,
   toy,
   write_dataset,
 )
@@ -162,6 +166,91 @@ def test_iterator_state_through_orbax(shard_dir, tmp_path):
     fresh = make_iterator(shard_dir, 2, **kw)
     mngr.restore(7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
   assert_batches_equal(take(fresh, 2), expected)
+
+
+def test_no_shards_is_named(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  write_dataset(str(tmp_path / "zero"), [])  # what prepare leaves when it wrote 0 examples
+  for path in (empty, tmp_path / "zero"):
+    for call in (make_iterator, lambda *a, **k: records.open_source(a[0])):
+      with pytest.raises(FileNotFoundError, match=f"{path} holds no ArrayRecord shards"):
+        call(str(path), 2, process_index=0, process_count=1)
+
+
+# --- from_config ------------------------------------------------------------------------------
+def data_config(**data) -> ml_collections.ConfigDict:
+  base = dict(kind="toy", size=16, frames=5, path="", eval_path="", height=0, width=0)
+  return ml_collections.ConfigDict(
+    {"seed": 0, "train": {"batch_size": 2}, "data": {**base, **data}}
+  )
+
+
+@pytest.fixture
+def small_toy(monkeypatch):
+  """from_config's toy builds with one clip per photo and move (the real build, 4x smaller)."""
+  monkeypatch.setattr(toy, "build_dataset", functools.partial(toy.build_dataset, clips_per_move=1))
+
+
+def test_toy_data_follows_the_config(tmp_path, capsys, small_toy):
+  workdir, root = str(tmp_path), str(tmp_path / "data")
+  it, eval_batch = from_config(data_config(), workdir)  # the smallest toy clips
+  assert next(it)["latents"].shape == (2, 2, 8, 8, 3) and eval_batch["latents"].shape[2] == 8
+  it.close()  # its threads must not read the shards being replaced
+  assert (
+    capsys.readouterr().out == f"data: building toy clips in {root} (size=16, frames=5, seed=0)\n"
+  )
+  it, eval_batch = from_config(data_config(size=32), workdir)
+  assert next(it)["latents"].shape == (2, 2, 16, 16, 3)
+  assert eval_batch["latents"].shape == (8, 2, 16, 16, 3)
+  it.close()
+  assert capsys.readouterr().out == (
+    f"data: {root} was built with size=16 frames=5; config asks size=32 frames=5: rebuilding\n"
+  )
+  assert read_meta(os.path.join(root, "train"))["size"] == 32
+  mtime = os.path.getmtime(os.path.join(root, "train", "meta.json"))
+  it, _ = from_config(data_config(size=32), workdir)  # same config: kept
+  assert next(it)["latents"].shape == (2, 2, 16, 16, 3) and capsys.readouterr().out == ""
+  assert os.path.getmtime(os.path.join(root, "train", "meta.json")) == mtime
+  assert sorted(os.listdir(tmp_path)) == ["data"]  # no build dirs left beside it
+
+
+def test_interrupted_toy_build_is_not_taken_for_data(tmp_path, monkeypatch, capsys, small_toy):
+  small = toy.build_dataset
+
+  def interrupted(out_dir, **kw):  # train written (meta and all), then killed before eval
+    write_dataset(os.path.join(out_dir, "train"), (SRC[i] for i in range(4)), **kw)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(toy, "build_dataset", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    from_config(data_config(), str(tmp_path))
+  assert os.listdir(tmp_path) == []  # neither data/ nor the half-built one
+  tmp = tmp_path / "data.building-x" / "train"  # one left by a killed process (no cleanup)
+  write_dataset(str(tmp), (SRC[i] for i in range(4)), size=16, frames=5, seed=0)
+  monkeypatch.setattr(toy, "build_dataset", small)
+  write_dataset(str(tmp_path / "data" / "train"), (SRC[i] for i in range(4)), size=16, frames=5)
+  capsys.readouterr()
+  it, _ = from_config(data_config(), str(tmp_path))  # meta lacks seed: not what was asked
+  assert "was built with size=16 frames=5 seed=None; config asks size=16 frames=5 seed=0" in (
+    capsys.readouterr().out
+  )
+  assert next(it)["latents"].shape == (2, 2, 8, 8, 3)
+  assert sorted(os.listdir(tmp_path)) == ["data"]  # the stale build removed
+
+
+def test_records_must_match_the_config(shard_dir, tmp_path):
+  path = str(tmp_path / "shards")
+  write_dataset(path, (SRC[i] for i in range(4)), frames=9, height=32, width=48)
+  ok = data_config(kind="records", path=path, frames=9, height=32)  # width 0: not checked
+  assert next(from_config(ok, str(tmp_path))[0])["latents"].shape[0] == 2
+  with pytest.raises(ValueError, match=f"config.data.frames=13 but the shards at {path} hold 9"):
+    from_config(data_config(kind="records", path=path, frames=13), str(tmp_path))
+  with pytest.raises(ValueError, match="config.data.width=64 but .* hold frames 48 px wide"):
+    from_config(data_config(kind="records", path=path, frames=9, width=64), str(tmp_path))
+  bad_eval = data_config(kind="records", path=shard_dir, eval_path=path, frames=13)
+  with pytest.raises(ValueError, match=f"config.data.frames=13 but the shards at {path}"):
+    from_config(bad_eval, str(tmp_path))  # shard_dir's meta has no frames: not checked
 
 
 # --- toy codec ----------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from pose_jax.data import make_iterator, read_meta
-from pose_jax.data.prepare import ClipError, encode_clip, read_captions, read_clip
+from pose_jax.data.prepare import (
+  ClipError,
+  check_inputs,
+  encode_clip,
+  format_summary,
+  read_captions,
+  read_clip,
+)
 from tests.helpers import ROOT
 from tests.helpers.numerics import rel_err
 from tests.helpers.tiny import Z, tiny_pipeline
@@ -87,6 +94,60 @@ def test_read_clip(clips):
   assert read_captions(str(clips / "captions.jsonl"))["clip.webm"] == "red car at night"
 
 
+def test_empty_video_file_is_named(tmp_path):
+  (tmp_path / "empty.mp4").write_bytes(b"")
+  with pytest.raises(ClipError, match=r"unreadable: empty file \(0 bytes\)"):
+    read_clip(str(tmp_path / "empty.mp4"), FRAMES, HEIGHT, WIDTH)
+
+
+def test_summary_names_captions_without_a_video():
+  summary = {
+    "written": 1,
+    "shards": ["shard-00000.array_record"],
+    "skipped": 0,
+    "counts": {"unreadable": 0},
+    "skipped_videos": {},
+    "captions_without_video": ["ghost.mp4"],
+  }
+  assert "captions without a video: 1: ghost.mp4" in format_summary(summary)
+  summary["captions_without_video"] = [f"ghost{i:02d}.mp4" for i in range(13)]
+  line = format_summary(summary).splitlines()[-1]
+  assert line.startswith("captions without a video: 13: ghost00.mp4, ghost01.mp4")
+  assert "ghost09.mp4, ... and 3 more" in line and "ghost10" not in line
+
+
+def write_captions(path, *lines: str) -> str:
+  path.write_text("".join(line + "\n" for line in lines))
+  return str(path)
+
+
+def test_check_inputs(clips, tmp_path):
+  caps = str(clips / "captions.jsonl")
+  videos, captions = check_inputs([f"{clips}/*.mp4"], caps, 5, 32, 48)
+  assert [os.path.basename(v) for v in videos] == [
+    "corrupt.mp4",
+    "nocap.mp4",
+    "short.mp4",
+    "valid.mp4",
+  ]
+  assert captions["valid.mp4"] == "a cat runs on the beach"
+  bad = [
+    (([f"{clips}/*.avi"], caps, 5, 32, 48), rf"--videos={clips}/\*.avi: matches no file"),
+    (([f"{clips}/*.mp4"], caps, 8, 32, 48), r"--frames=8 must be 1 \+ 4k"),
+    (([f"{clips}/*.mp4"], caps, 5, 0, 48), "--height=0 must be a positive multiple of 16"),
+    (([f"{clips}/*.mp4"], caps, 5, 32, 40), "--width=40 must be a positive multiple of 16"),
+    (([f"{clips}/*.mp4"], str(tmp_path / "nope.jsonl"), 5, 32, 48), "nope.jsonl: no such file"),
+  ]
+  for args, match in bad:
+    with pytest.raises(ValueError, match=match):
+      check_inputs(*args)
+  good = '{"video": "a.mp4", "caption": "a cat"}'
+  for n, line in enumerate(['{"video": "a.mp4"}', '["a.mp4", "a cat"]', "not json"]):
+    path = write_captions(tmp_path / f"caps{n}.jsonl", good, "", line)
+    with pytest.raises(ValueError, match=rf"caps{n}.jsonl:3: expected"):
+      check_inputs([f"{clips}/*.mp4"], path, 5, 32, 48)
+
+
 @pytest.mark.parametrize(
   ("module", "doc", "required"),
   [
@@ -110,6 +171,68 @@ def test_data_clis_help_and_stray_arguments(module, doc, required, tmp_path):
   assert not os.listdir(tmp_path)  # stopped before writing anything
   r = cli(*given[1:])
   assert r.returncode == 1 and f"Flag --{required[0]} must have a value" in r.stderr, r.stderr
+
+
+def prepare_cli(*args: str) -> subprocess.CompletedProcess:
+  cmd = [sys.executable, "-m", "pose_jax.data.prepare", *args]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["empty_glob", "bad_captions", "bad_frames"])
+def test_prepare_cli_checks_inputs_before_loading_the_pipeline(case, clips, tmp_path):
+  garbage = tmp_path / "pipe"  # loading it would fail: the checks must come first
+  garbage.mkdir()
+  (garbage / "model_index.json").write_text("garbage")
+  caps = str(clips / "captions.jsonl")
+  if case == "bad_captions":
+    caps = write_captions(tmp_path / "caps.jsonl", '{"video": "valid.mp4", "caption": "a"}', "{")
+  videos = f"{clips}/*.avi" if case == "empty_glob" else f"{clips}/*.mp4"
+  frames = 8 if case == "bad_frames" else FRAMES
+  r = prepare_cli(
+    f"--videos={videos}",
+    f"--captions={caps}",
+    f"--out={tmp_path / 'out'}",
+    f"--pipeline={garbage}",
+    f"--frames={frames}",
+    f"--height={HEIGHT}",
+    f"--width={WIDTH}",
+  )
+  want = {
+    "empty_glob": f"error: --videos={videos}: matches no file",
+    "bad_captions": f"error: {caps}:2: expected {{'video': ..., 'caption': ...}}",
+    "bad_frames": "error: --frames=8 must be 1 + 4k",
+  }[case]
+  assert r.returncode != 0 and r.stderr.startswith(want), r.stderr[-3000:]
+  assert len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]  # one line, no traceback
+  assert not (tmp_path / "out").exists()
+
+
+def test_prepare_cli_fails_when_every_video_is_skipped(clips, pipeline, tmp_path):
+  (tmp_path / "empty.mp4").write_bytes(b"")
+  ghosts = [f"ghost{i:02d}.mp4" for i in range(12)]
+  rows = [("empty.mp4", "nothing"), ("short.mp4", "a dog"), *((g, "gone") for g in ghosts)]
+  caps = write_captions(
+    tmp_path / "caps.jsonl", *(json.dumps({"video": v, "caption": c}) for v, c in rows)
+  )
+  out = tmp_path / "shards"
+  r = prepare_cli(
+    f"--videos={tmp_path}/*.mp4,{clips}/short.mp4",
+    f"--captions={caps}",
+    f"--out={out}",
+    f"--pipeline={pipeline[1]}",
+    f"--frames={FRAMES}",
+    f"--height={HEIGHT}",
+    f"--width={WIDTH}",
+  )
+  assert r.returncode != 0, r.stderr[-3000:]
+  assert "written 0 example(s) in 0 shard(s)" in r.stdout
+  assert "empty.mp4: unreadable (empty file (0 bytes))" in r.stdout
+  assert "captions without a video: 12: ghost00.mp4, " in r.stdout
+  assert "ghost09.mp4, ... and 2 more" in r.stdout
+  assert r.stderr.strip().splitlines()[-1] == (
+    f"error: 0 examples written, every video was skipped (see {out / 'summary.json'})"
+  )
+  assert json.loads((out / "summary.json").read_text())["captions_without_video"] == ghosts
 
 
 def test_prepare_cli(clips, pipeline, tmp_path):
