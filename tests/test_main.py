@@ -26,11 +26,33 @@ def _main(*flags):
   )
 
 
-def test_main_rejects_misspelt_override_and_bad_values():
-  r = _main("--config=configs/toy_i2v.py", "--config.data.frame=9")
-  assert r.returncode != 0 and "frame" in r.stderr
-  r = _main("--config=configs/toy_i2v.py", "--config.data.frames=8")
-  assert r.returncode != 0 and "config.data.frames: 8 is not 1+4k" in r.stderr
+@pytest.mark.parametrize(
+  "flags,message",
+  [
+    (
+      ["--config.pose.lam_consx=0"],
+      "error: --config.pose.lam_consx: config.pose has no key 'lam_consx'; did you mean "
+      "config.pose.lam_cons?",
+    ),
+    (["--config.posex.lam_cons=0"], "config has no key 'posex'; did you mean config.pose?"),
+    (["--config.data.frames=8"], "error: config.data.frames: 8 is not 1+4k"),
+    (["--config.train.log_every=0"], "error: config.train.log_every: 0 must be >= 1"),
+    (["--config.train.batch_size=0"], "error: config.train.batch_size: 0 must be >= 1"),
+    (["--config.pose.lam_cons=abc"], "could not convert string to float: 'abc'"),
+  ],
+)
+def test_config_faults_are_one_line_with_the_dotted_key_and_exit_2(flags, message, tmp_path):
+  r = _main("--config=configs/toy_i2v.py", f"--workdir={tmp_path / 'w'}", *flags)
+  lines = [x for x in r.stderr.splitlines() if not x.startswith(("I1", "W1"))]
+  assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr[-2000:]
+  assert not (tmp_path / "w").exists()  # no work was started
+
+
+def test_a_missing_config_file_is_one_line():
+  r = _main("--config=configs/nope.py")
+  lines = [x for x in r.stderr.splitlines() if not x.startswith(("I1", "W1"))]
+  assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+  assert "--config=configs/nope.py" in lines[0] and "No such file" in lines[0]
 
 
 @pytest.mark.parametrize(
@@ -41,11 +63,22 @@ def test_main_rejects_misspelt_override_and_bad_values():
     ("train.micro_batches", 3, "config.train.micro_batches: 3 does not divide"),
     ("model.preset", "huge", "config.model.preset: unknown preset"),
     ("model.remat", "sometimes", "config.model: invalid WanConfig"),
-    ("pose.phases", ("pretrain", "finetune"), "config.pose: phases: unknown ['finetune']"),
-    ("pose.d_backbone", "other", "config.pose: d_backbone: 'other' not in"),
+    ("pose.phases", ("pretrain", "finetune"), "config.pose.phases: unknown ['finetune']"),
+    ("pose.d_backbone", "other", "config.pose.d_backbone: 'other' not in"),
     ("pose.d_layers", (7,), "config.pose.d_layers: (7,) has a block index >= num_layers=4"),
     ("data.kind", "webdataset", "config.data.kind: 'webdataset' not in"),
-    ("pose.phases", ("equilibrium",), "config.pose: steps: 3 entries for 1 phases"),
+    ("pose.phases", ("equilibrium",), "config.pose.steps: 3 entries for 1 phases"),
+    # Values that used to train and exit 0 with a wrong result.
+    ("pose.flow_shift", 0.0, "config.pose.flow_shift: 0.0 must be > 0"),
+    ("pose.lam_r1", -1.0, "config.pose.lam_r1: -1.0 must be >= 0"),
+    ("pose.s_lo_end", 1.5, "config.pose.s_lo_end: 1.5 must be in [0, 1)"),
+    ("pose.ema_decay", 1.0, "config.pose.ema_decay: 1.0 must be in (0, 1)"),
+    ("pose.d_width", 31, "config.pose.d_width: 31 is not divisible by d_heads=2"),
+    ("train.log_every", 0, "config.train.log_every: 0 must be >= 1"),
+    ("train.max_bad_steps", 0, "config.train.max_bad_steps: 0 must be >= 1"),
+    ("ckpt.keep", 0, "config.ckpt.keep: 0 must be >= 1"),
+    ("eval.teacher_steps", 0, "config.eval.teacher_steps: 0 must be >= 1"),
+    ("data.size", 8, "config.data.size: 8: toy clips need a side of at least 16"),
   ],
 )
 def test_validate_names_the_bad_key(key, value, message):
@@ -53,6 +86,38 @@ def test_validate_names_the_bad_key(key, value, message):
   section, name = key.split(".")
   config[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    config_lib.validate(config, num_devices=8)
+
+
+def test_phases_out_of_order_are_refused():
+  config = load_config("toy_i2v")
+  config.pose.phases, config.pose.steps = ("priming", "pretrain"), (2, 2)
+  with pytest.raises(config_lib.ConfigError, match=r"config.pose.phases: .* must be in the order"):
+    config_lib.validate(config, num_devices=8)
+  config.pose.phases = ("pretrain", "pretrain")
+  with pytest.raises(config_lib.ConfigError, match="each at most once"):
+    config_lib.validate(config, num_devices=8)
+
+
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
+    ("lr", -1e-3, "config.optim.student.lr: -0.001 must be > 0"),
+    ("lr", 0.0, "config.optim.student.lr: 0.0 must be > 0"),
+    ("warmup_steps", -1, "config.optim.student.warmup_steps: -1 must be >= 0"),
+    ("final_frac", 2.0, "config.optim.student.final_frac: 2.0 must be in [0, 1]"),
+    ("b2", 1.0, "config.optim.student.b2: 1.0 must be in [0, 1)"),
+    ("decay", "linear", "config.optim.student.decay: 'linear' not in"),
+  ],
+)
+def test_optimizer_values_are_validated(key, value, message):
+  config = load_config("toy_i2v")
+  config.optim.student[key] = value
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    config_lib.validate(config, num_devices=8)
+  config = load_config("toy_i2v")
+  config.optim.lora.lr_by_phase = {"priming": -1.0}
+  with pytest.raises(config_lib.ConfigError, match="config.optim.lora.lr_by_phase.priming: -1.0"):
     config_lib.validate(config, num_devices=8)
 
 

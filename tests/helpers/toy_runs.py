@@ -32,7 +32,7 @@ SMALL = [
 DEVICES = 8  # the reference run: one process, 8 devices
 
 
-def start(workdir, devices=DEVICES, process_id=0, num_processes=1, port=0):
+def start(workdir, devices=DEVICES, process_id=0, num_processes=1, port=0, extra=()):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   if num_processes == 1:
     # The runs compile the same step programs: share them through JAX's persistent cache. Not
@@ -44,7 +44,7 @@ def start(workdir, devices=DEVICES, process_id=0, num_processes=1, port=0):
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
-  cmd = [sys.executable, "-m", "pose_jax.main", f"--workdir={workdir}", *SMALL]
+  cmd = [sys.executable, "-m", "pose_jax.main", f"--workdir={workdir}", *SMALL, *extra]
   if num_processes > 1:
     cmd += [
       f"--coordinator_address=localhost:{port}",
