@@ -3,6 +3,7 @@
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 
@@ -147,3 +148,38 @@ def test_readme_test_command_is_what_ci_runs():
   blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S)
   ci = pathlib.Path(ROOT, ".ci", "run").read_text()
   assert len(blocks) >= 2 and blocks[1].strip() in ci
+
+
+def test_sigterm_during_start_up_exits_0_and_says_so(tmp_path):
+  """Before the loop there is nothing to checkpoint: exit at once with status 0 (not 143)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "pose_jax.main", f"--workdir={tmp_path / 'w'}"],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  for line in proc.stdout:  # the toy data build is the first thing the run prints
+    if line.startswith("data: building toy clips"):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=60)[0]
+  assert proc.returncode == 0, out[-2000:]
+  assert "preempted (SIGTERM): nothing trained yet" in out, out[-2000:]
+  assert not (tmp_path / "w" / "checkpoints" / "1").exists()
+
+
+def test_readme_fault_table_names_real_tests():
+  """Each ``-k`` name in the README's fault table selects at least one test."""
+  readme = pathlib.Path(ROOT, "README.md").read_text()
+  table = readme.split("## When something goes wrong", 1)[1].split("\n## ", 1)[0]
+  names = [
+    n for row in table.splitlines()[4:] for n in re.findall(r"`([a-z0-9_]+)`", row.split("|")[-2])
+  ]
+  tests = "\n".join(p.read_text() for p in pathlib.Path(ROOT, "tests").rglob("test_*.py"))
+  defined = re.findall(r"^def (test_\w+)", tests, re.M)
+  assert len(names) >= 20
+  for name in names:
+    assert any(name in d for d in defined), name

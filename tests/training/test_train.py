@@ -53,7 +53,7 @@ def test_sigterm_then_sigkill_then_resume_equals_the_uninterrupted_run(full_run,
   runs.wait_for_checkpoint(tmp_path, 2, [proc])
   proc.send_signal(signal.SIGTERM)
   out = runs.finish(proc)  # exit status 0
-  found = re.search(r"preempted: checkpoint written at step (\d+)", out)
+  found = re.search(r"preempted \(SIGTERM\): checkpoint written at step (\d+)", out)
   assert found, out[-2000:]
   step = int(found.group(1))
   assert 2 <= step < 6 and os.path.isdir(tmp_path / "checkpoints" / str(step))
