@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from pose_jax import sharding as shd
@@ -89,6 +91,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   for key in ("every", "keep"):
     if config.ckpt[key] < 1:
       _fail(f"ckpt.{key}", f"{config.ckpt[key]} must be >= 1")
+
+
+def check_paths(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for a local path the run reads that does not exist (before any work;
+  ``gs://`` paths are checked when read)."""
+  init_from = config.ckpt.init_from
+  if init_from and "://" not in init_from and not os.path.isdir(init_from):
+    _fail("ckpt.init_from", f"{init_from}: no such checkpoint directory")
 
 
 def _validate_optim(optim: ml_collections.ConfigDict) -> None:

@@ -114,12 +114,14 @@ def _early_signal(signum, frame) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for s in (signal.SIGTERM, signal.SIGINT):  # until train.run installs its own handlers
-    signal.signal(s, _early_signal)
+  if _NUM_PROCESSES.value == 1 and _DISTRIBUTED.value != "on":  # several: JAX's service
+    for s in (signal.SIGTERM, signal.SIGINT):  # until train.run installs its own handlers
+      signal.signal(s, _early_signal)
   _init_distributed()
   config = _CONFIG.value
   try:
     config_lib.validate(config, jax.device_count(), jax.process_count())
+    config_lib.check_paths(config)
   except config_lib.ConfigError as e:
     _config_error(str(e))
   from pose_jax import data  # here (with training): keeps --help fast

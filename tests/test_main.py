@@ -72,6 +72,7 @@ def test_a_missing_config_file_is_one_line():
     # Values that used to train and exit 0 with a wrong result.
     ("pose.flow_shift", 0.0, "config.pose.flow_shift: 0.0 must be > 0"),
     ("pose.lam_r1", -1.0, "config.pose.lam_r1: -1.0 must be >= 0"),
+    ("pose.cfg_real", -2.0, "config.pose.cfg_real: -2.0 must be >= 0"),
     ("pose.s_lo_end", 1.5, "config.pose.s_lo_end: 1.5 must be in [0, 1)"),
     ("pose.ema_decay", 1.0, "config.pose.ema_decay: 1.0 must be in (0, 1)"),
     ("pose.d_width", 31, "config.pose.d_width: 31 is not divisible by d_heads=2"),
@@ -122,13 +123,17 @@ def test_optimizer_values_are_validated(key, value, message):
     config_lib.validate(config, num_devices=8)
 
 
-def test_distillation_without_a_teacher_is_refused():
+def test_distillation_without_a_teacher_is_refused(tmp_path):
   config = load_config("toy_i2v")
   config.pose.phases, config.pose.steps = ("equilibrium",), (5,)
   with pytest.raises(config_lib.ConfigError, match="config.ckpt.init_from: empty"):
     config_lib.validate(config, num_devices=8)
-  config.ckpt.init_from = "/teachers/wan"
-  config_lib.validate(config, num_devices=8)
+  config.ckpt.init_from = str(tmp_path / "nope")
+  config_lib.validate(config, num_devices=8)  # the values are valid ...
+  with pytest.raises(config_lib.ConfigError, match="init_from: .*nope: no such checkpoint"):
+    config_lib.check_paths(config)  # ... the path is not (main checks both before any work)
+  config.ckpt.init_from = str(tmp_path)
+  config_lib.check_paths(config)
 
 
 def test_wan_i2v_config_is_valid_and_14b():

@@ -33,7 +33,7 @@ class PoseConfig:
   # Phase I (priming): DMD / VSD near the noise end.
   s_lo: float = 0.9  # generator input time s ~ U[s_lo, 1]
   s_lo_end: float | None = None  # curriculum: s_lo moves linearly to this over the phase
-  cfg_real: float = 5.0  # teacher CFG scale in the DMD target (negative = empty prompt)
+  cfg_real: float = 5.0  # teacher CFG scale in the DMD target (unconditional: negative prompt)
   fake_updates_per_step: int = 1  # LoRA-only updates per step (DMD2's TTUR), the last one fused
   lora_rank: int = 64
   lora_alpha: float | None = None
@@ -96,6 +96,7 @@ class PoseConfig:
       ("sigma_s", 0.0, None, True, False),
       ("sigma_t", 0.0, None, True, False),
       ("cons_cfg", 0.0, None, True, False),
+      ("cfg_real", 0.0, None, True, False),
       ("joint_gan_weight", 0.0, None, True, False),
       ("lora_alpha", 0.0, None, False, False),
     ]

@@ -17,23 +17,8 @@ from pose_jax.convert.cli import COMMAND_FLAGS, main
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.models.wan import preset
 from tests.helpers import ROOT
-from tests.helpers.torch_refs import torch_wan
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-@pytest.fixture(scope="module")
-def src(tmp_path_factory):
-  path = tmp_path_factory.mktemp("diffusers")
-  torch_wan(preset("tiny"), seed=7).save_pretrained(path)
-  return path
-
-
-@pytest.fixture(scope="module")
-def ckpt(src, tmp_path_factory):
-  path = tmp_path_factory.mktemp("ckpt") / "c"
-  importer.import_checkpoint(str(src), path, progress=False)
-  return path
 
 
 def edited(src, dst, edit):
@@ -148,19 +133,10 @@ def test_mismatches_are_all_listed(src, tmp_path):
   assert nothing_at(tmp_path / "c")
 
 
-def test_failure_midway_leaves_nothing_restorable(src, tmp_path, monkeypatch):
-  read, calls = importer.read_tensor, []
-
-  def flaky(info):
-    calls.append(info)
-    if len(calls) == 40:
-      raise CheckpointError(f"{info.file}: disk on fire")
-    return read(info)
-
-  monkeypatch.setattr(importer, "read_tensor", flaky)
+def test_failure_midway_leaves_nothing_restorable(src, tmp_path, failing_read):
   with pytest.raises(CheckpointError, match="disk on fire"):
     importer.import_checkpoint(str(src), tmp_path / "c", progress=False)
-  assert len(calls) == 40 and nothing_at(tmp_path / "c")
+  assert len(failing_read) == 40 and nothing_at(tmp_path / "c")
   with pytest.raises(CheckpointError):
     orbax_io.restore_params(str(tmp_path / "c"))
 
@@ -190,7 +166,7 @@ def test_wan_without_config_needs_the_architecture(src, tmp_path):
   assert plan.cfg == preset("tiny")
 
 
-def test_export_errors(ckpt, tmp_path, monkeypatch):
+def test_export_errors(ckpt, tmp_path, failing_export):
   with pytest.raises(CheckpointError, match="--which/--step apply to train workdirs"):
     export.export_checkpoint(str(ckpt), tmp_path / "e", which="ema", progress=False)
   with pytest.raises(CheckpointError, match="no model checkpoint, train step or finished steps"):
@@ -205,13 +181,7 @@ def test_export_errors(ckpt, tmp_path, monkeypatch):
   stored["blocks", "attn1", "to_q", "lora_a"] = ((2, 32, 4), np.dtype("float32"))
   with pytest.raises(CheckpointError, match="unexpected.*lora_a.*must be merged first"):
     export.plan_entries(preset("tiny"), stored, "diffusers")
-  arrays = export._arrays
-
-  def failing(*a):
-    yield from list(arrays(*a))[:30]
-    raise CheckpointError("read failed")
-
-  monkeypatch.setattr(export, "_arrays", failing)
+  failing_export()
   with pytest.raises(CheckpointError, match="read failed"):
     export.export_checkpoint(str(ckpt), tmp_path / "e", max_shard_bytes=30_000, progress=False)
   assert nothing_at(tmp_path / "e")

@@ -14,25 +14,9 @@ from pose_jax.convert import export, importer, orbax_io
 from pose_jax.convert.cli import main
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.convert.wan_original import from_diffusers_key
-from pose_jax.models.wan import preset
-from tests.helpers.torch_refs import torch_wan
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 REFUSE = "refusing to replace it — choose another --dst or remove it yourself"
-
-
-@pytest.fixture(scope="module")
-def src(tmp_path_factory):
-  path = tmp_path_factory.mktemp("diffusers")
-  torch_wan(preset("tiny"), seed=7).save_pretrained(path)
-  return path
-
-
-@pytest.fixture(scope="module")
-def ckpt(src, tmp_path_factory):
-  path = tmp_path_factory.mktemp("ckpt") / "c"
-  importer.import_checkpoint(str(src), path, progress=False)
-  return path
 
 
 def siblings(path) -> list[str]:
@@ -109,35 +93,20 @@ def test_export_overwrite_replaces_a_previous_export(ckpt, tmp_path):
   assert siblings(dst) == []
 
 
-def test_failed_import_overwrite_keeps_the_previous_checkpoint(ckpt, src, tmp_path, monkeypatch):
+def test_failed_import_overwrite_keeps_the_previous_checkpoint(ckpt, src, tmp_path, failing_read):
   dst = shutil.copytree(ckpt, tmp_path / "c")
   before = tree(dst)
-  read, calls = importer.read_tensor, []
-
-  def flaky(info):
-    calls.append(info)
-    if len(calls) == 40:
-      raise CheckpointError(f"{info.file}: disk on fire")
-    return read(info)
-
-  monkeypatch.setattr(importer, "read_tensor", flaky)
   with pytest.raises(CheckpointError, match="disk on fire"):
     importer.import_checkpoint(str(src), dst, overwrite=True, progress=False)
   assert tree(dst) == before and siblings(dst) == []
   orbax_io.restore_params(str(dst))
 
 
-def test_failed_export_overwrite_keeps_the_previous_export(ckpt, tmp_path, monkeypatch):
+def test_failed_export_overwrite_keeps_the_previous_export(ckpt, tmp_path, failing_export):
   dst = tmp_path / "e"
   export.export_checkpoint(str(ckpt), dst, max_shard_bytes=30_000, progress=False)
   before = tree(dst)
-  arrays = export._arrays
-
-  def failing(*a):
-    yield from list(arrays(*a))[:30]
-    raise CheckpointError("read failed")
-
-  monkeypatch.setattr(export, "_arrays", failing)
+  failing_export()
   with pytest.raises(CheckpointError, match="read failed"):
     export.export_checkpoint(str(ckpt), dst, overwrite=True, progress=False)
   assert tree(dst) == before and siblings(dst) == []
