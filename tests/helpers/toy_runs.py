@@ -58,8 +58,17 @@ def start(workdir, devices=DEVICES, process_id=0, num_processes=1, port=0, extra
 
 def finish(proc):
   out, _ = proc.communicate(timeout=900)
-  assert proc.returncode == 0, out[-3000:]
+  assert proc.returncode == 0, _failure(out)
   return out
+
+
+def _failure(out: str) -> str:
+  """What a failed run's output says: the fatal/error lines first (a crash's last 3000 characters
+  are mostly a thread dump and the list of extension modules), then the tail without that list."""
+  lines = [x for x in out.splitlines() if not x.startswith("Extension modules:")]
+  keys = ("Fatal Python error", "Check failed", "Error", "error:", "Terminating", "timed out")
+  fatal = [x for x in lines if any(k in x for k in keys)][:20]
+  return "\n".join(fatal) + "\n---\n" + "\n".join(lines)[-3000:]
 
 
 def kill(proc) -> None:
