@@ -9,6 +9,7 @@ import ml_collections
 from pose_jax import sharding as shd
 from pose_jax.models.wan import WanConfig, preset
 from pose_jax.models.wan.config import PRESETS
+from pose_jax.pose import phases as pose_phases
 from pose_jax.pose.config import PHASES, FieldError, PoseConfig
 
 VAE_TEMPORAL = 4
@@ -49,6 +50,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     raise ConfigError("; ".join(f"config.pose.{k}: {m}" for k, m in e.problems)) from None
   except (TypeError, ValueError) as e:
     _fail("pose", str(e))
+  if knobs.fake_updates_per_step > 1 and not any(
+    "lora" in pose_phases.get(p).trains(knobs) for p in knobs.phases
+  ):
+    _fail(
+      "pose.fake_updates_per_step",
+      f"{knobs.fake_updates_per_step}: no phase of {knobs.phases} trains the fake score (LoRA): "
+      "the extra updates need the priming phase or pose.joint=True",
+    )
   if max(knobs.d_layers, default=0) >= cfg.num_layers:
     _fail("pose.d_layers", f"{knobs.d_layers} has a block index >= num_layers={cfg.num_layers}")
   if "pretrain" not in knobs.phases and not config.ckpt.init_from:

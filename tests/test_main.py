@@ -91,6 +91,17 @@ def test_validate_names_the_bad_key(key, value, message):
     config_lib.validate(config, num_devices=8)
 
 
+def test_extra_fake_updates_need_a_phase_that_trains_the_lora():
+  config = load_config("toy_i2v")
+  config.pose.fake_updates_per_step = 3
+  config_lib.validate(config, num_devices=8)  # priming trains the LoRA
+  config.pose.phases, config.pose.steps = ("pretrain", "equilibrium"), (2, 2)
+  with pytest.raises(config_lib.ConfigError, match="fake_updates_per_step: 3: no phase"):
+    config_lib.validate(config, num_devices=8)
+  config.pose.joint = True  # DMD2-style: equilibrium trains the LoRA too
+  config_lib.validate(config, num_devices=8)
+
+
 def test_phases_out_of_order_are_refused():
   config = load_config("toy_i2v")
   config.pose.phases, config.pose.steps = ("priming", "pretrain"), (2, 2)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh, NamedSharding
 
@@ -27,6 +28,7 @@ from pose_jax.aot.report import compiled_stats
 from pose_jax.training import checkpoint
 
 BATCH_KEYS = ("latents", "cond", "text", "neg_text", "image")
+COMPILE_BARRIER_S = 3600  # how long a process waits for the others to finish compiling
 
 
 class NonFiniteError(FloatingPointError):
@@ -214,6 +216,10 @@ def compile_step(phase: str, jitted, *args):
   if "error" in out:
     raise out["error"]
   compiled = out["compiled"]
+  if jax.process_count() > 1:  # start the steps together (a compile's time varies by host; gloo,
+    # the CPU collectives, gives up on a peer about 30 s late): the coordination service's barrier
+    sync = ocp.multihost.get_barrier_sync_fn()
+    sync(key=f"pose_jax: {phase} step compiled", timeout_ms=COMPILE_BARRIER_S * 1000)
   stats = compiled_stats(compiled)
   print(f"[{phase}] compiled step: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
   print(f"[{phase}] compile {time.perf_counter() - t0:.1f}s")
