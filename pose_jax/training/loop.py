@@ -200,6 +200,7 @@ def compile_step(phase: str, jitted, *args):
   XLA compiles in a helper thread while this one waits in short, signal-interruptible joins, so
   a SIGTERM/SIGINT during a long compile is acted on at once (``PreemptionWatch``)."""
   t0 = time.perf_counter()
+  print(f"[{phase}] compiling the step ...", flush=True)
   lowered = jitted.lower(*args)  # traced here: the mesh context is this thread's
   out = {}
 

@@ -111,7 +111,7 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
     first = meta["phase_index"]
     if teacher is None:
       teacher = _teacher_from(config.ckpt.init_from, mesh, abstract_teacher)
-    print(f"resumed from step {step} (phase {plan[first][0]})")
+    print(f"resumed from step {step} (phase {plan[first][0]})", flush=True)
   watch.idle_at(step)
 
   # --- Evals -----------------------------------------------------------------------------------

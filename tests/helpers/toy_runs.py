@@ -32,9 +32,17 @@ SMALL = [
 DEVICES = 8  # the reference run: one process, 8 devices
 
 
-def start(workdir, devices=DEVICES, process_id=0, num_processes=1, port=0, extra=()):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  if num_processes == 1:
+def start(
+  workdir, devices=DEVICES, process_id=0, num_processes=1, port=0, extra=(), compile_cache=True
+):
+  """``python -m pose_jax.main`` on the SMALL config, unbuffered output on ``proc.stdout``.
+  ``compile_cache=False``: compile for real (a test timing a signal during a compile)."""
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    PYTHONUNBUFFERED="1",
+  )
+  if num_processes == 1 and compile_cache:
     # The runs compile the same step programs: share them through JAX's persistent cache. Not
     # with several processes: JAX writes only process 0's programs, so process 0 alone would
     # skip its compiles and reach each phase's first step a whole compile ahead of the others

@@ -56,20 +56,21 @@ def test_damaged_latest_checkpoint_falls_back_and_ends_bit_identical(toy_referen
 def test_sigterm_during_a_compile_exits_at_once(copy):
   for step in ("6", "8"):  # resume at 4: the priming step is compiled first
     shutil.rmtree(copy / "checkpoints" / step)
-  proc = runs.start(copy)
+  proc = runs.start(copy, compile_cache=False)  # a real compile: tens of seconds here
   lines = []
   for line in proc.stdout:
     lines.append(line)
-    if "resumed from step 4" in line:
+    if "[priming] compiling the step" in line:
       break
-  time.sleep(2.0)  # inside the priming compile (tens of seconds here)
+  time.sleep(1.0)  # inside the priming compile (no compile cache: tens of seconds)
   proc.send_signal(signal.SIGTERM)
   t0 = time.time()
   out = "".join(lines) + proc.communicate(timeout=120)[0]
   waited = time.time() - t0
   assert proc.returncode == 0, out[-2000:]
   assert "preempted (SIGTERM): checkpoint written at step 4" in out, out[-2000:]
-  assert "[priming] step" not in out and waited < 10, (waited, out[-2000:])
+  shown = "\n".join(x for x in out.splitlines() if not x.startswith(("I1", "W1")))
+  assert "[priming] step" not in out and waited < 15, (waited, shown[-3000:])
   assert sorted(int(s) for s in os.listdir(copy / "checkpoints") if s.isdigit()) == [1, 2, 4]
 
 
