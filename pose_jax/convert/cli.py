@@ -201,7 +201,7 @@ def run(cmd: str, flag_values: flags.FlagValues = flags.FLAGS) -> str:
 
 def execute(cmd: str, flag_values: flags.FlagValues = flags.FLAGS) -> int:
   """:func:`run` as the CLI does it: prints the summary and gives 0, or ``error: ...`` and 1."""
-  from pose_jax.convert.orbax_io import limit_heap_retention
+  from pose_jax.convert.heap import limit_heap_retention
 
   limit_heap_retention()  # peak memory ~ a few tensors, not a few hundred freed ones
   try:

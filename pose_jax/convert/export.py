@@ -31,7 +31,15 @@ import orbax.checkpoint as ocp
 from etils import epath
 from tqdm import tqdm
 
-from pose_jax.convert import importer, orbax_io, strict, wan_diffusers, wan_original
+from pose_jax.convert import (
+  destination,
+  heap,
+  importer,
+  orbax_io,
+  strict,
+  wan_diffusers,
+  wan_original,
+)
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.models.wan import WanConfig
 
@@ -254,7 +262,7 @@ def write_safetensors(fname: epath.Path, entries, arrays: Iterator[np.ndarray], 
       f.write(arr.reshape(-1).view(np.uint8).data)
       on_bytes(e.nbytes)
       del arr
-      orbax_io.release_memory()
+      heap.release_memory()
 
 
 def export_checkpoint(
@@ -275,12 +283,12 @@ def export_checkpoint(
   ``dtype`` (bf16|fp32) casts every tensor; by default each is written in its source dtype
   recorded at import, else as stored. ``config`` is needed only when the source has no
   ``wan_config`` item. ``overwrite`` replaces a previous export, once the new one is complete;
-  anything else at ``dst`` is refused (:func:`orbax_io.check_destination`), before any reading.
+  anything else at ``dst`` is refused (:func:`destination.check`), before any reading.
   """
   if fmt not in ("diffusers", "wan"):
     raise ValueError(f"unknown export format {fmt!r} (diffusers or wan)")
   dst = epath.Path(dst)
-  orbax_io.check_destination(dst, overwrite, is_export, EXPORT)
+  destination.check(dst, overwrite, is_export, EXPORT)
   item, prefix, meta = resolve_source(src, step, which)
   if config is None:
     if meta is None:
@@ -288,7 +296,7 @@ def export_checkpoint(
     config = orbax_io.config_from_meta(meta)
   reader = orbax_io.ParamReader(item, prefix)
   entries = plan_entries(config, reader.specs, fmt, dtype, (meta or {}).get("source_dtypes"))
-  tmp = orbax_io.temporary_sibling(dst, "export-tmp")
+  tmp = destination.temporary_sibling(dst, "export-tmp")
   tmp.rmtree(missing_ok=True)  # a stale one of this process id
   tmp.mkdir(parents=True)
   shards = shard(entries, max_shard_bytes)
@@ -311,7 +319,7 @@ def export_checkpoint(
       weight_map = {e.key: n for n, group in zip(names, shards) for e in group}
       index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
       (tmp / f"{WEIGHTS}.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    orbax_io.install(tmp, dst, overwrite, is_export, EXPORT)
+    destination.install(tmp, dst, overwrite, is_export, EXPORT)
   except BaseException:
     tmp.rmtree(missing_ok=True)
     raise

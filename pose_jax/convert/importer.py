@@ -25,7 +25,7 @@ from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
-from pose_jax.convert import orbax_io, strict, wan_diffusers, wan_original
+from pose_jax.convert import destination, orbax_io, strict, wan_diffusers, wan_original
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.convert.safetensors_io import SafetensorsReader, read_config
 from pose_jax.models.wan import WanConfig, WanTransformer
@@ -242,8 +242,8 @@ def import_checkpoint(
   """Converts ``src`` (diffusers or ``wan`` layout) into a model checkpoint at ``dst``.
 
   ``overwrite`` replaces a previous model checkpoint, once the new one is complete; anything
-  else at ``dst`` is refused (:func:`orbax_io.check_destination`), before any reading."""
-  orbax_io.check_destination(dst, overwrite)
+  else at ``dst`` is refused (:func:`destination.check`), before any reading."""
+  destination.check(dst, overwrite, orbax_io.is_model_checkpoint, orbax_io.MODEL_CHECKPOINT)
   plan = plan_import(src, fmt, dtype, config)
   with tqdm(
     total=plan.total_bytes,

@@ -12,7 +12,7 @@ Writing goes through orbax's own ``Checkpointer`` into a hidden sibling ``.NAME.
 renamed to ``PATH`` when complete, so a write that fails midway leaves nothing at ``PATH`` that a
 restore would accept and leaves a previous checkpoint there as it was. Only a previous model
 checkpoint (:func:`is_model_checkpoint`) is ever replaced, and only with ``overwrite``; a file or
-a folder holding anything else is refused (:func:`check_destination`).
+a folder holding anything else is refused (:func:`destination.check`).
 
 The parameters are :class:`LazyArray` leaves that produce their data one piece (one layer of a
 stacked array) at a time; a custom orbax type handler writes each piece into its own zarr
@@ -24,9 +24,7 @@ add another copy of every piece to peak memory.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -41,6 +39,7 @@ from orbax.checkpoint._src.serialization import ocdbt_utils
 from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
 from pose_jax import sharding as shd
+from pose_jax.convert import destination, heap
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.models.layers import LoRAParam
 from pose_jax.models.wan import WanConfig, WanTransformer
@@ -53,32 +52,6 @@ MODEL_CHECKPOINT = "a pose_jax model checkpoint"
 FORMAT_VERSION = 1
 CHUNK_BYTES = 64 << 20  # zarr chunk target: bounded read amplification when restoring sharded
 PIPELINE_BYTES = 16 << 20  # writes in flight before waiting (larger pieces are written alone)
-
-
-def limit_heap_retention() -> None:
-  """Makes glibc serve allocations >= 1 MiB by ``mmap`` and return them on free.
-
-  By default glibc raises its mmap threshold up to 32 MiB after freeing large blocks, and then
-  keeps freed tensor-sized blocks in per-thread arenas (tensorstore writes from several
-  threads): after a few hundred tensors the process holds several tensors' worth of freed
-  memory. Process-wide and permanent (it also disables glibc's adaptive threshold), so the CLI
-  calls it, not the library functions; a no-op off glibc.
-  """
-  if _LIBC is not None:
-    _LIBC.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-
-
-def release_memory() -> None:
-  """Returns freed heap memory to the OS (``malloc_trim``)."""
-  if _LIBC is not None:
-    _LIBC.malloc_trim(0)
-
-
-_M_MMAP_THRESHOLD = -3
-try:
-  _LIBC = ctypes.CDLL("libc.so.6")
-except OSError:  # not glibc
-  _LIBC = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +139,7 @@ class _StreamingHandler(ocp.type_handlers.NumpyHandler):
       write, nbytes = pending.pop(0)
       await write
       self._on_bytes(nbytes)
-    release_memory()
+    heap.release_memory()
     return 0
 
   async def serialize(self, values, infos, args=None) -> list[future.Future]:
@@ -193,7 +166,7 @@ def _checkpointer(on_bytes=lambda n: None) -> ocp.Checkpointer:
   return ocp.Checkpointer(ocp.CompositeCheckpointHandler(handler_registry=registry))
 
 
-# --- destinations: write beside, replace only our own output --------------------------------------
+# --- writing ----------------------------------------------------------------------------------
 def is_model_checkpoint(path) -> bool:
   """Whether ``path`` is a directory :func:`save_model_checkpoint` wrote: the ``wan_config`` item
   and orbax's checkpoint metadata, and besides them nothing but ``params`` and orbax's commit
@@ -204,60 +177,6 @@ def is_model_checkpoint(path) -> bool:
   names = {p.name for p in path.iterdir()}
   ours = {PARAMS, CONFIG, STEP_METADATA, COMMIT_MARKER}
   return (path / CONFIG).is_dir() and {CONFIG, STEP_METADATA} <= names <= ours
-
-
-def _contents(path: epath.Path, most: int = 6) -> str:
-  names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-  more = f", ... ({len(names) - most} more)" if len(names) > most else ""
-  return ", ".join(names[:most]) + more
-
-
-def check_destination(
-  dst, overwrite: bool, is_ours: Callable = is_model_checkpoint, what: str = MODEL_CHECKPOINT
-) -> None:
-  """Raises :class:`FileExistsError` unless ``dst`` may be written: absent, an empty directory,
-  or (with ``overwrite``) a previous output that ``is_ours`` recognises (``what``: its name;
-  default: a model checkpoint). A file, or a directory holding anything else, is never replaced."""
-  dst = epath.Path(dst)
-  if not dst.exists():
-    return
-  refuse = "refusing to replace it — choose another --dst or remove it yourself"
-  if not dst.is_dir():
-    raise FileExistsError(f"{dst} is a file, not {what}; {refuse}")
-  if not any(dst.iterdir()):
-    return
-  if not is_ours(dst):
-    raise FileExistsError(f"{dst} is not {what} (holds {_contents(dst)}); {refuse}")
-  if not overwrite:
-    raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
-
-
-def temporary_sibling(dst, tag: str) -> epath.Path:
-  """``DIR/.NAME.TAG-PID`` beside ``dst = DIR/NAME``: where an output is written before
-  :func:`install` moves it to ``dst``."""
-  dst = epath.Path(dst)
-  return dst.parent / f".{dst.name}.{tag}-{os.getpid()}"
-
-
-def install(
-  tmp: epath.Path, dst, overwrite: bool, is_ours=is_model_checkpoint, what=MODEL_CHECKPOINT
-) -> None:
-  """Renames the finished output ``tmp`` to ``dst``. ``dst`` is checked again (it may have changed
-  while ``tmp`` was written, see :func:`check_destination`); a previous one is renamed aside and
-  removed only once ``tmp`` has taken its place."""
-  dst = epath.Path(dst)
-  check_destination(dst, overwrite, is_ours, what)
-  if not dst.exists():
-    tmp.rename(dst)
-    return
-  old = temporary_sibling(dst, "replaced")
-  dst.rename(old)
-  try:
-    tmp.rename(dst)
-  except BaseException:
-    old.rename(dst)
-    raise
-  old.rmtree()
 
 
 def _remove(path: epath.Path) -> None:
@@ -282,19 +201,19 @@ def save_model_checkpoint(
   """Writes ``params`` (nested dict of :class:`LazyArray`) and ``meta`` (JSON) atomically.
 
   ``overwrite`` replaces a previous model checkpoint at ``path``, only once the new one is
-  complete; anything else at ``path`` raises :class:`FileExistsError` (:func:`check_destination`).
+  complete; anything else at ``path`` raises :class:`FileExistsError` (:func:`destination.check`).
   """
   path = epath.Path(path)
-  check_destination(path, overwrite)
+  destination.check(path, overwrite, is_model_checkpoint, MODEL_CHECKPOINT)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = temporary_sibling(path, "write-tmp")
+  tmp = destination.temporary_sibling(path, "write-tmp")
   _remove(tmp)  # a stale one of this process id
   args = ocp.args.Composite(
     **{PARAMS: ocp.args.PyTreeSave(params), CONFIG: ocp.args.JsonSave(meta)}
   )
   try:
     _checkpointer(on_bytes).save(tmp, args=args)
-    install(tmp, path, overwrite)
+    destination.install(tmp, path, overwrite, is_model_checkpoint, MODEL_CHECKPOINT)
   except BaseException:
     _remove(tmp)
     raise
