@@ -154,6 +154,8 @@ def newest_intact(
   the workdir has no checkpoint. Damaged steps are named on stdout, and moved aside when an
   older step restored; when none restores, a ``CheckpointDamaged`` names each."""
   metas, damaged = metas if metas is not None else readable_metas(mngr)
+  if metas:
+    _quiet_failed_reads()  # before a restore that may fail: its echoes start while it fails
   for step, why in damaged:
     print(f"checkpoint {step} is damaged ({why}): skipped", flush=True)
   for step, meta in metas:
@@ -162,7 +164,6 @@ def newest_intact(
     except ConfigError:
       raise
     except Exception as e:  # noqa: BLE001 (any step that does not restore is damaged)
-      _quiet_failed_reads()
       why = _reason(e)
       print(f"checkpoint {step} is damaged ({why}): skipped", flush=True)
       damaged.append((step, why))
@@ -182,10 +183,11 @@ def newest_intact(
 
 
 def _quiet_failed_reads() -> None:
-  """After a failed restore, orbax's pending reads of the same step fail one by one in its
-  threads (a truncated file: one traceback per array, tens of thousands of lines, plus "Event
-  loop is closed" from TensorStore's callbacks). The step is already named as damaged: these
-  two kinds of report are dropped from then on; every other error still prints."""
+  """When a restore fails, orbax's pending reads of the same step fail one by one in its threads
+  (a truncated file: one traceback per array, tens of thousands of lines, plus "Event loop is
+  closed" from TensorStore's callbacks), starting while the restore is still failing. The step
+  is named as damaged instead: these two kinds of report are dropped once restores begin; every
+  other error still prints."""
   if getattr(sys.unraisablehook, "_pose_quiet", False):
     return
   unraisable, excepthook = sys.unraisablehook, sys.excepthook
