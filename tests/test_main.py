@@ -81,6 +81,12 @@ def test_a_missing_config_file_is_one_line():
     ("ckpt.keep", 0, "config.ckpt.keep: 0 must be >= 1"),
     ("eval.teacher_steps", 0, "config.eval.teacher_steps: 0 must be >= 1"),
     ("data.size", 8, "config.data.size: 8: toy clips need a side of at least 16"),
+    ("pose.vsd_t", (0.5, 0.2), "config.pose.vsd_t: (0.5, 0.2) must be (lo, hi) with 0 <= lo"),
+    ("pose.cons_t", (0.0, 1.5), "config.pose.cons_t: (0.0, 1.5) must be (lo, hi)"),
+    ("pose.cons_t_dist", "beta", "config.pose.cons_t_dist: 'beta' not in"),
+    ("pose.d_fake_lo", 1.0, "config.pose.d_fake_lo: 1.0 must be in [0, 1)"),
+    ("pose.student_steps", 0, "config.pose.student_steps: 0 must be >= 1"),
+    ("pose.logit_std", 0.0, "config.pose.logit_std: 0.0 must be > 0"),
   ],
 )
 def test_validate_names_the_bad_key(key, value, message):

@@ -77,6 +77,7 @@ def batch_shapes(config, cfg: WanConfig, batch_size: int) -> dict[str, tuple[int
     latents=(batch_size, frames, h, w, z),
     cond=(batch_size, frames, h, w, cfg.in_channels - z),
     text=(batch_size, text_len, cfg.text_dim),
+    text_mask=(batch_size, text_len),
     neg_text=(batch_size, text_len, cfg.text_dim),
   )
   if cfg.is_i2v:
@@ -86,7 +87,8 @@ def batch_shapes(config, cfg: WanConfig, batch_size: int) -> dict[str, tuple[int
 
 def abstract_batch(shapes, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
   sharding = NamedSharding(mesh, shd.logical_to_spec((shd.ACT_BATCH,)))
-  return {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=sharding) for k, s in shapes.items()}
+  dtype = lambda k: jnp.int32 if k == "text_mask" else jnp.float32  # data.example's schema
+  return {k: jax.ShapeDtypeStruct(s, dtype(k), sharding=sharding) for k, s in shapes.items()}
 
 
 # --- what every compile of one config on one topology shares ----------------------------------
@@ -206,11 +208,11 @@ def _entry(s: Setup, name: str, entry: dict, flops: dict, jitted, args, names, s
   return entry
 
 
-def compile_phase(s: Setup, phase: str, start: int, stop: int, total: int) -> dict:
-  """The report entry of ``phase``'s fused step (steps ``[start, stop)`` of ``total``), jitted
-  as the trainer jits it."""
+def compile_phase(s: Setup, phase: str, start: int, stop: int) -> dict:
+  """The report entry of ``phase``'s fused step (steps ``[start, stop)``), jitted as the
+  trainer jits it (its optimizer's schedules span the phase)."""
   train = s.config.train
-  tx = optim.make_optimizer(s.config.optim, phase, total, s.knobs)
+  tx = optim.make_optimizer(s.config.optim, phase, stop - start, s.knobs)
   state = state_lib.abstract_state(tx, s.teacher, s.lora, s.head, s.knobs, s.config.seed, s.mesh)
   step = steps.make_step(phase, s.knobs, s.models, tx, start, stop - start, train.micro_batches)
   batch = abstract_batch(s.shapes(train.batch_size), s.mesh)
@@ -310,11 +312,9 @@ def run(config, topology: str, phases=("all",), sample_batch: int | None = None)
   check_phases(phases, knobs.phases)
   s = setup(config, topology)
   report = dict(_header(s), phases={})
-  plan = phase_plan(s.knobs)
-  total = plan[-1][2]
-  for phase, start, stop in plan:
+  for phase, start, stop in phase_plan(s.knobs):
     if "all" in phases or phase in phases:
-      report["phases"][phase] = compile_phase(s, phase, start, stop, total)
+      report["phases"][phase] = compile_phase(s, phase, start, stop)
   if "all" in phases or SAMPLE in phases:
     report["phases"][SAMPLE] = compile_sampler(s, sample_batch)
   return report

@@ -4,8 +4,10 @@
       --pipeline=Wan2.1-I2V-14B-480P-Diffusers --out=data/train [--frames=81 --height=480 ...]
 
 Captions: JSON lines ``{"video": "name.mp4", "caption": "..."}``, matched on the video file's
-base name. Each clip (PyAV: the first ``frames`` frames, or frames resampled to ``--fps``) is
-resized to cover ``height x width`` and centre-cropped, then:
+base name. Each clip (PyAV: frames resampled to ``--fps``, default 16, the rate of Wan2.1's
+motion, so that real clips move per frame as the teacher's and the student's samples do;
+``--fps=0``: the first ``frames`` native frames) is resized to cover ``height x width`` and
+centre-cropped, then:
 
   latents  = normalise(VAE posterior mean of the clip)      (pipeline's latent normalisation)
   cond, image, text = ConditioningStack.encode(first frame, caption)
@@ -96,6 +98,19 @@ def _cover_size(w0: int, h0: int, width: int, height: int) -> tuple[int, int]:
   return max(width, round(w0 * scale)), max(height, round(h0 * scale))
 
 
+WAN_FPS = 16.0  # the frame rate of Wan2.1's videos
+
+
+def native_fps(path: str) -> float | None:
+  """The frame rate a video's stream declares (None if it declares none)."""
+  import av
+
+  with av.open(path) as container:
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else None
+
+
 def read_clip(path: str, frames: int, height: int, width: int, fps: float = 0.0) -> np.ndarray:
   """uint8 ``[frames, height, width, 3]``: resized to cover (Lanczos), centre-cropped.
 
@@ -176,7 +191,7 @@ def prepare(
   frames: int = 81,
   height: int = 480,
   width: int = 832,
-  fps: float = 0.0,
+  fps: float = WAN_FPS,
   shard_size: int = 64,
   negative_prompt: str = "",
   compress: bool = True,
@@ -207,7 +222,9 @@ def prepare(
       except Exception as e:  # one bad clip must not end the job
         raise ClipError("encode_failed", f"{type(e).__name__}: {e}") from e
       writer.write(example)
-      print(f"[{i + 1}/{len(videos)}] {name}: ok")
+      rate = native_fps(path) if fps > 0 else None
+      how = f"{rate:g} fps resampled to {fps:g} fps" if rate else "native frames"
+      print(f"[{i + 1}/{len(videos)}] {name}: ok ({how})")
     except ClipError as e:
       skipped[path] = {"reason": e.reason, "detail": e.detail}
       print(f"[{i + 1}/{len(videos)}] {name}: skipped ({e})")
@@ -264,7 +281,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("frames", 81, "Frames per clip (1 + 4k).", **d)
   flags.DEFINE_integer("height", 480, "Clip height (multiple of 16).", **d)
   flags.DEFINE_integer("width", 832, "Clip width (multiple of 16).", **d)
-  flags.DEFINE_float("fps", 0.0, "Resample clips to this frame rate (0: native frames).", **d)
+  flags.DEFINE_float(
+    "fps", WAN_FPS, "Resample clips to this frame rate (Wan2.1's 16; 0: native frames).", **d
+  )
   flags.DEFINE_integer("shard_size", 64, "Examples per ArrayRecord shard.", **d)
   flags.DEFINE_string("negative_prompt", "", "Prompt encoded as neg_text.", **d)
   flags.DEFINE_string("dtype", "float32", "Encoder compute dtype (float32, bfloat16).", **d)

@@ -12,6 +12,7 @@ import dataclasses
 PHASES = ("pretrain", "priming", "equilibrium")
 D_BACKBONES = ("ema", "frozen_teacher", "trainable_copy")
 D_NOISE = ("uniform", "logit_normal", "fake_band")
+TIME_DISTS = ("uniform", "logit_normal")
 
 
 class FieldError(ValueError):
@@ -27,6 +28,13 @@ class PoseConfig:
   phases: tuple[str, ...] = ("priming", "equilibrium")
   steps: tuple[int, ...] = (500, 1000)  # one entry per phase
   flow_shift: float = 3.0  # teacher/fake time shift (Wan: 3.0 at 480p, 5.0 at 720p)
+  # The generator-input band [s_lo, 1] (Phase I) and the fake band [d_fake_lo, 1]
+  # (d_noise=fake_band) are times t themselves (False: the paper's "0.9T"), or bands of u with
+  # t = shift(u, flow_shift) (True). Both bands are read the same way.
+  shift_bands: bool = False
+  # logit_normal draws (d_noise, cons_t_dist): u = sigmoid(N(logit_mean, logit_std)).
+  logit_mean: float = 0.0
+  logit_std: float = 1.0
   # Pretrain (making a small teacher): text -> negative prompt in this fraction of samples, so
   # that the teacher's CFG (cfg_real, cons_cfg) has a trained unconditional branch.
   text_dropout: float = 0.1
@@ -35,6 +43,7 @@ class PoseConfig:
   s_lo_end: float | None = None  # curriculum: s_lo moves linearly to this over the phase
   cfg_real: float = 5.0  # teacher CFG scale in the DMD target (unconditional: negative prompt)
   fake_updates_per_step: int = 1  # LoRA-only updates per step (DMD2's TTUR), the last one fused
+  vsd_t: tuple[float, float] = (0.0, 1.0)  # VSD/DMD re-noise t' = shift(U[lo, hi]) (DMD2: .02-.98)
   lora_rank: int = 64
   lora_alpha: float | None = None
   # Phase II (equilibrium).
@@ -43,7 +52,8 @@ class PoseConfig:
   d_num_queries: int = 8
   d_width: int = 1024
   d_heads: int = 8
-  d_noise: str = "uniform"  # uniform | logit_normal | fake_band ([0.9,1] fake, (0,1) real)
+  d_noise: str = "uniform"  # uniform | logit_normal | fake_band (fake in the band, real (0,1))
+  d_fake_lo: float = 0.9  # the fake band's lower end (d_noise=fake_band; see shift_bands)
   ema_decay: float = 0.995
   lam_r1: float = 1.0
   sigma_s: float = 0.01
@@ -52,6 +62,16 @@ class PoseConfig:
   conditional: bool = True  # semantic head conditioned on image + text tokens
   lam_cons: float = 10.0  # C-SDS weight; 0 switches it off
   cons_cfg: float = 1.0
+  cons_t: tuple[float, float] = (0.0, 1.0)  # C-SDS re-noise t'' = shift(dist on [lo, hi])
+  cons_t_dist: str = "uniform"  # uniform | logit_normal
+  # E (and a trainable_copy backbone) restart from the primed student at priming ->
+  # equilibrium (the paper repurposes the primed generator as the backbone). After a pretrain
+  # phase they always restart from the pretrained student (the new teacher).
+  rebase_on_primed: bool = True
+  # The student's sampling steps (NFE). > 1: equilibrium trains G at each of the shifted,
+  # evenly spaced times of generator.times(student_steps, flow_shift), on inputs made by its own
+  # earlier steps (backward simulation, no gradient), as the k-step sampler makes them.
+  student_steps: int = 1
   # DMD2-style: the equilibrium phase also carries Phase I's VSD terms (DMD generator loss on
   # its one-step sample + the LoRA fake score), the GAN generator loss weighted by
   # joint_gan_weight.
@@ -85,11 +105,19 @@ class PoseConfig:
       out.append(("d_backbone", f"{self.d_backbone!r} not in {D_BACKBONES}"))
     if self.d_noise not in D_NOISE:
       out.append(("d_noise", f"{self.d_noise!r} not in {D_NOISE}"))
+    if self.cons_t_dist not in TIME_DISTS:
+      out.append(("cons_t_dist", f"{self.cons_t_dist!r} not in {TIME_DISTS}"))
+    for name in ("vsd_t", "cons_t"):
+      span = tuple(getattr(self, name))
+      if len(span) != 2 or not 0.0 <= span[0] < span[1] <= 1.0:
+        out.append((name, f"{span} must be (lo, hi) with 0 <= lo < hi <= 1"))
     in_range = [  # (field, low, high, low inclusive, high inclusive); None: unbounded
       ("flow_shift", 0.0, None, False, False),
       ("text_dropout", 0.0, 1.0, True, False),
       ("s_lo", 0.0, 1.0, True, False),
       ("s_lo_end", 0.0, 1.0, True, False),
+      ("d_fake_lo", 0.0, 1.0, True, False),
+      ("logit_std", 0.0, None, False, False),
       ("ema_decay", 0.0, 1.0, False, False),
       ("lam_r1", 0.0, None, True, False),
       ("lam_cons", 0.0, None, True, False),
@@ -112,7 +140,14 @@ class PoseConfig:
         else:
           span = f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
         out.append((name, f"{value} must be {span}"))
-    for name in ("fake_updates_per_step", "lora_rank", "d_num_queries", "d_width", "d_heads"):
+    for name in (
+      "fake_updates_per_step",
+      "lora_rank",
+      "d_num_queries",
+      "d_width",
+      "d_heads",
+      "student_steps",
+    ):
       if getattr(self, name) < 1:
         out.append((name, f"{getattr(self, name)} must be >= 1"))
     if self.d_heads >= 1 and self.d_width % self.d_heads:
@@ -151,3 +186,8 @@ class PoseConfig:
     if self.s_lo_end is None:
       return self.s_lo
     return self.s_lo + (self.s_lo_end - self.s_lo) * frac
+
+  @property
+  def band_shift(self) -> float:
+    """The shift applied to a band's draws: ``flow_shift`` with ``shift_bands``, else 1."""
+    return self.flow_shift if self.shift_bands else 1.0

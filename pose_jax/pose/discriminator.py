@@ -3,12 +3,13 @@
 Legend: B batch, Q learnable queries, L video tokens, M image tokens, S text tokens,
 D backbone width, E head width, P tapped layers.
 
-  tokens  = [queries (Q) ; proj(image tokens) (M) ; proj(text tokens) (S)]     (conditional)
+  tokens  = [queries (Q) ; proj(text tokens) (S) ; proj(image tokens) (M)]     (conditional)
           = [queries]                                                          (unconditional)
   q       = first Q outputs of one pre-norm self-attention + MLP layer over ``tokens``
+            (keys: the text rows past the prompt, ``text_mask = 0``, are masked out)
   for each tapped layer p:  f_p = proj_p(LN(tap_p)) [B, L, E]
       z_p = q + cross_attn_p(LN(q), f_p);  logit_p = mean_Q mlp_p(LN(z_p))   -> [B]
-  D = mean_p logit_p
+  D = mean_p logit_p           (``layer_logits``: the logit_p themselves, ``[P, B]``)
 The backbone (EMA of the generator, or the frozen teacher) is run elsewhere; the head only sees
 its taps, so it never needs gradients through the backbone's weights.
 """
@@ -32,11 +33,15 @@ class _Attention(nnx.Module):
     self.to_out = Dense(width, width, axes=(shd.HEADS, shd.EMBED), rngs=rngs)
     self.heads = heads
 
-  def __call__(self, x, context):
+  def __call__(self, x, context, key_mask=None):
+    """``key_mask`` bool ``[B, S]``: the context rows attended to (None: all)."""
     split = lambda a: rearrange(a, "b l (n k) -> b l n k", n=self.heads)
-    out = dot_product_attention(
-      split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
-    )
+    q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
+    if key_mask is None:
+      out = dot_product_attention(q, k, v)
+    else:
+      mask = key_mask[:, None, None, :]
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
     return self.to_out(rearrange(out, "b l n k -> b l (n k)"))
 
 
@@ -104,27 +109,36 @@ class SemanticHead(nnx.Module):
       [_TapReader(backbone_dim, width, heads, rngs=rngs) for _ in range(num_taps)]
     )
 
-  def __call__(self, taps, text=None, image=None) -> jax.Array:
-    """Logits ``[B]`` from ``taps`` (list of ``[B, L, D]``) and the raw conditioning tokens."""
+  def __call__(self, taps, text=None, image=None, text_mask=None) -> jax.Array:
+    """Logits ``[B]`` from ``taps`` (list of ``[B, L, D]``) and the raw conditioning tokens
+    (``text_mask [B, S]``: 1 for the prompt's rows; None: every row counts)."""
+    return jnp.mean(self.layer_logits(taps, text, image, text_mask), axis=0)
+
+  def layer_logits(self, taps, text=None, image=None, text_mask=None) -> jax.Array:
+    """The logit of each tapped layer, ``[P, B]`` (``__call__`` is their mean)."""
     if len(taps) != len(self.readers):
       raise ValueError(f"head built for {len(self.readers)} taps, got {len(taps)}")
     b = taps[0].shape[0]
     q = jnp.broadcast_to(self.queries[...], (b, *self.queries.shape))
-    tokens = [q]
+    tokens, valid = [q], [jnp.ones((b, q.shape[1]), bool)]
     if self.conditional:
       if text is None:
         raise ValueError("conditional head needs the text tokens")
       tokens.append(self.text_proj(text.astype(jnp.float32)))
+      if text_mask is not None and text_mask.shape != text.shape[:2]:
+        raise ValueError(f"text_mask {text_mask.shape} does not match text {text.shape}")
+      valid.append(jnp.ones(text.shape[:2], bool) if text_mask is None else text_mask > 0)
       if self.image_proj is not None:
         if image is None:
           raise ValueError("conditional I2V head needs the image tokens")
         tokens.append(self.image_proj(image.astype(jnp.float32)))
+        valid.append(jnp.ones(image.shape[:2], bool))
     x = jnp.concatenate(tokens, axis=1)
-    x = x + self.self_attn(self.norm1(x), self.norm1(x))
+    key_mask = jnp.concatenate(valid, axis=1) if text_mask is not None else None
+    x = x + self.self_attn(self.norm1(x), self.norm1(x), key_mask)
     x = x + self.mlp(self.norm2(x))
     q = x[:, : q.shape[1]]
-    logits = jnp.stack([r(q, tap.astype(jnp.float32)) for r, tap in zip(self.readers, taps)])
-    return jnp.mean(logits, axis=0)
+    return jnp.stack([r(q, tap.astype(jnp.float32)) for r, tap in zip(self.readers, taps)])
 
 
 def default_taps(num_layers: int, count: int = 4) -> tuple[int, ...]:

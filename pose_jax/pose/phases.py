@@ -6,13 +6,17 @@ head, approximate R1 and, Phase III, the I2V consistency term C-SDS).
 A record holds the phase's loss ``loss(params, batch, key, ctx) -> (loss, metrics)`` (``ctx``: a
 :class:`LossContext`), the parameter groups it trains (``trains(knobs)``), the DiT passes one
 step makes (``passes(knobs)``, for FLOP counts) and, for phases that train the LoRA, the
-generator sample the extra fake-score updates score (``sample``, see :func:`fake_score_loss`).
+generator sample the extra fake-score updates score (``sample``, see :func:`fake_score_loss`)
+and the loss terms whose gradient at that sample the step measures (``probes``). The shared
+pieces of the losses are in :mod:`pose_jax.pose.context`, the GAN terms in
+:mod:`pose_jax.pose.adversarial`, the student's sampling in :mod:`pose_jax.pose.generator`.
 
 Models are one graphdef each, called with different parameter trees (``nnx.merge``):
 G = student params, R = frozen teacher, F = teacher base + LoRA, E = EMA of G, h = head; the
 discriminator backbone is E, R or (``d_backbone=trainable_copy``) its own trained copy.
 Times t are in [0, 1] (1 = noise); the DiT sees ``1000 t``. The batch holds ``latents``
-``[B,T,h,w,Z]``, ``cond`` (mask + condition latent, I2V), ``text``, ``neg_text`` and ``image``.
+``[B,T,h,w,Z]``, ``cond`` (mask + condition latent, I2V), ``text`` (+ ``text_mask``), ``neg_text``
+and ``image``.
 Every random draw has its own named key; the keys and their split order are part of the
 contract (bit-exact resumes and the README's toy numbers depend on them).
 """
@@ -21,35 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from pose_jax.pose import losses, timesteps
+from pose_jax.pose import adversarial, context, generator, losses, timesteps
 from pose_jax.pose.config import PoseConfig
+from pose_jax.pose.context import LossContext
 from pose_jax.pose.losses import sg
-from pose_jax.pose.models import Models
-from pose_jax.pose.velocity import dit_forward, guided_velocity
 
 Pass = tuple[str, int, str, str]  # (what, count, model: dit | lora | taps, backward)
-
-
-@dataclasses.dataclass(frozen=True)
-class LossContext:
-  """What a loss reads besides ``(params, batch, key)``. ``teacher`` is stop-gradient (R and
-  F's base weights never get a gradient); ``ema``: E; ``frac``: the fraction of the phase done
-  (Phase I's ``s_lo`` curriculum)."""
-
-  models: Models
-  knobs: PoseConfig
-  teacher: Any
-  ema: Any = None
-  frac: Any = 0.0
-
-  def __post_init__(self):
-    object.__setattr__(self, "teacher", sg(self.teacher))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,37 +45,12 @@ class Phase:
   trains: Callable[[PoseConfig], tuple[str, ...]]
   passes: Callable[[PoseConfig], list[Pass]]
   sample: Callable[..., jax.Array] | None = None  # (params, batch, key, ctx) -> x0g
+  # The loss terms that reach the generator through its sample (their probes, LossContext).
+  probes: Callable[[PoseConfig], tuple[str, ...]] = lambda knobs: ()
 
   def extra_fake_updates(self, knobs: PoseConfig) -> int:
     """LoRA-only updates a step makes before its fused update (DMD2's TTUR)."""
     return _extra_fake_updates(knobs, self.trains)
-
-
-def _dit(graphdef, states, x, t, batch, text=None, taps=()):
-  """Velocity (or taps) of a DiT for noisy latents ``x`` at times ``t [B]`` on ``batch``."""
-  text = batch["text"] if text is None else text
-  return dit_forward(graphdef, states, x, t, batch.get("cond"), text, batch.get("image"), taps)
-
-
-def _cfg_velocity(ctx: LossContext, x, t, batch, scale):
-  v = guided_velocity(
-    ctx.models.dit,
-    (ctx.teacher,),
-    batch.get("cond"),
-    batch["text"],
-    batch.get("image"),
-    scale,
-    batch.get("neg_text"),
-  )
-  return v(x, t)
-
-
-def _noised(k_eps, k_t, x, *, shift, lo=0.0, eps_dtype=None):
-  """``(x_t, eps, t)``: ``x`` noised with ``eps ~ N(0, 1)`` (drawn in ``eps_dtype``, default
-  ``x``'s) at ``t = shift(U[lo, 1])``."""
-  eps = jax.random.normal(k_eps, x.shape, eps_dtype or x.dtype)
-  t = timesteps.sample(k_t, x.shape[0], "uniform", lo=lo, flow_shift=shift)
-  return timesteps.add_noise(x, eps, t), eps, t
 
 
 def _cfg_passes(scale) -> int:
@@ -128,9 +88,10 @@ def pretrain_loss(params, batch, key, ctx: LossContext):
   x = batch["latents"]
   k_eps, k_t, k_drop = jax.random.split(key, 3)
   with jax.named_scope("flow"):
-    x_t, eps, t = _noised(k_eps, k_t, x, shift=ctx.knobs.flow_shift)
+    t = context.draw(ctx.knobs, k_t, x.shape[0])
+    x_t, eps = context.noised(k_eps, x, t)
     text = _drop_text(batch, k_drop, ctx.knobs.text_dropout)
-    v = _dit(ctx.models.dit, (params["student"],), x_t, t, batch, text)
+    v = context.dit(ctx.models.dit, (params["student"],), x_t, t, batch, text)
     loss = losses.flow_matching(v, x, eps)
   return loss, {"loss/flow": loss}
 
@@ -141,38 +102,51 @@ def _pretrain_passes(knobs: PoseConfig) -> list[Pass]:
 
 # --- priming (Phase I) ------------------------------------------------------------------------
 def _generator_x0(params, batch, key, ctx: LossContext):
-  """Phase I generator sample: ``x0g = x_s - s G(x_s, s)`` with ``s ~ U[s_lo, 1]``."""
+  """Phase I generator sample: ``x0g = x_s - s G(x_s, s)`` on the noised real latents, with
+  ``s`` in the band ``[s_lo, 1]`` (see ``shift_bands``)."""
   k_eps, k_s = jax.random.split(key)
+  x, knobs = batch["latents"], ctx.knobs
   with jax.named_scope("generator"):
-    lo = ctx.knobs.s_lo_at(ctx.frac)
-    x_s, _, s = _noised(k_eps, k_s, batch["latents"], shift=1.0, lo=lo)
-    v = _dit(ctx.models.dit, (params["student"],), x_s, s, batch)
-    return timesteps.x0_from_velocity(x_s, v, s)
+    s = context.draw(knobs, k_s, x.shape[0], (knobs.s_lo_at(ctx.frac), 1.0), shift=knobs.band_shift)
+    x_s, _ = context.noised(k_eps, x, s)
+    return context.denoise((params["student"],), batch, x_s, s, ctx)
 
 
-def _one_step_x0(params, batch, key, ctx: LossContext):
-  """Phase II generator sample from pure noise: ``x0g = eps - G(eps, 1)``."""
-  x = batch["latents"]
+def _student_x0(params, batch, key, ctx: LossContext):
+  """Phase II generator sample from pure noise, as the sampler makes it
+  (:mod:`pose_jax.pose.generator`): one step, ``x0g = eps - G(eps, 1)``. With
+  ``student_steps = k > 1``, each sample is G's estimate at one of the k times (uniformly per
+  sample), on the input the sampler's earlier steps make from ``eps`` (backward simulation by
+  the current student, without gradient)."""
+  x, knobs = batch["latents"], ctx.knobs
   with jax.named_scope("generator"):
-    eps = jax.random.normal(key, x.shape, x.dtype)
-    ones = jnp.ones((x.shape[0],))
-    v = _dit(ctx.models.dit, (params["student"],), eps, ones, batch)
-    return timesteps.x0_from_velocity(eps, v, ones)
+    if knobs.student_steps == 1:
+      eps = jax.random.normal(key, x.shape, x.dtype)
+      return context.denoise((params["student"],), batch, eps, 1.0, ctx)
+    k_eps, k_sim, k_pick = jax.random.split(key, 3)
+    ts = generator.times(knobs.student_steps, knobs.flow_shift)
+    eps = jax.random.normal(k_eps, x.shape, x.dtype)
+    args = (batch.get("cond"), batch["text"], batch.get("image"))
+    xs = generator.step_inputs(ctx.models.dit, (sg(params["student"]),), eps, *args, ts, k_sim)
+    pick = jax.random.randint(k_pick, (x.shape[0],), 0, len(ts))
+    x_in = jnp.stack(xs)[pick, jnp.arange(x.shape[0])]
+    return context.denoise((params["student"],), batch, x_in, jnp.asarray(ts)[pick], ctx)
 
 
 def _vsd(params, batch, key, ctx: LossContext, x0g):
   """Phase I's two terms on a generator sample: ``(L_G (DMD), L_F (fake score))``."""
   k_eps, k_t = jax.random.split(key)
-  x_t, eps, t = _noised(k_eps, k_t, x0g, shift=ctx.knobs.flow_shift)
+  t = context.draw(ctx.knobs, k_t, x0g.shape[0], ctx.knobs.vsd_t)
+  x_t, eps = context.noised(k_eps, x0g, t)
   x_t = sg(x_t)
   with jax.named_scope("fake"):
-    v_fake = _dit(ctx.models.dit_lora, (params["lora"], ctx.teacher), x_t, t, batch)
+    v_fake = context.dit(ctx.models.dit_lora, (params["lora"], ctx.teacher), x_t, t, batch)
     loss_f = losses.fake_score(v_fake, eps, x0g)
   with jax.named_scope("dmd"):
-    v_real = _cfg_velocity(ctx, x_t, t, batch, ctx.knobs.cfg_real)
+    v_real = context.cfg_velocity(ctx, x_t, t, batch, ctx.knobs.cfg_real)
     x0_real = timesteps.x0_from_velocity(x_t, v_real, t)
     x0_fake = timesteps.x0_from_velocity(x_t, sg(v_fake), t)
-    loss_g = losses.dmd_generator(x0g, x0_real, x0_fake)
+    loss_g = losses.dmd_generator(ctx.probe("dmd", x0g), x0_real, x0_fake)
   return loss_g, loss_f
 
 
@@ -205,69 +179,19 @@ def fake_score_loss(params, batch, key, ctx: LossContext, *, sample):
   ``fake_updates_per_step``. Only ``params["lora"]`` gets a gradient."""
   k_gen, k_eps, k_t = jax.random.split(key, 3)
   x0g = sample(sg(params), batch, k_gen, ctx)
-  x_t, eps, t = _noised(k_eps, k_t, x0g, shift=ctx.knobs.flow_shift)
+  t = context.draw(ctx.knobs, k_t, x0g.shape[0], ctx.knobs.vsd_t)
+  x_t, eps = context.noised(k_eps, x0g, t)
   with jax.named_scope("fake"):
-    v_fake = _dit(ctx.models.dit_lora, (params["lora"], ctx.teacher), x_t, t, batch)
+    v_fake = context.dit(ctx.models.dit_lora, (params["lora"], ctx.teacher), x_t, t, batch)
     return losses.fake_score(v_fake, eps, x0g)
 
 
 # --- equilibrium (Phase II + III) -------------------------------------------------------------
-def _noise_times(knobs: PoseConfig, key, batch_size):
-  """Discriminator noise levels ``(t_fake, t_real)`` per ``knobs.d_noise``."""
-  k_fake, k_real = jax.random.split(key)
-  s = knobs.flow_shift
-  if knobs.d_noise == "fake_band":
-    return (
-      timesteps.sample(k_fake, batch_size, "uniform", lo=0.9, flow_shift=s),
-      timesteps.sample(k_real, batch_size, "uniform", flow_shift=s),
-    )
-  t = timesteps.sample(k_fake, batch_size, knobs.d_noise, flow_shift=s)
-  return t, t
-
-
-def _adversarial(params, batch, key, ctx: LossContext, x0g):
-  """Phase II's GAN terms: ``(L_G adv, L_D, L_R1, metrics)``.
-
-  The backbone is E (EMA, default), R (frozen teacher) or its own trainable copy. Gradient
-  reaches G only through the fake sample (the backbone and head are stop-gradient in L_G) and
-  the head (and a trainable backbone) only through L_D and L_R1.
-  """
-  x, knobs = batch["latents"], ctx.knobs
-  k_t, k_fake, k_real, k_r1 = jax.random.split(key, 4)
-  t_fake, t_real = _noise_times(knobs, k_t, x.shape[0])
-  fake = timesteps.add_noise(x0g, jax.random.normal(k_fake, x.shape, x.dtype), t_fake)
-  real = timesteps.add_noise(x, jax.random.normal(k_real, x.shape, x.dtype), t_real)
-  perturbed = real + losses.r1_noise(k_r1, real, knobs.sigma_s, knobs.sigma_t)
-  trainable = knobs.d_backbone == "trainable_copy"
-  if trainable:
-    backbone = params["backbone"]
-  else:
-    backbone = sg(ctx.ema if knobs.d_backbone == "ema" else ctx.teacher)
-  taps = lambda p, z, t: _dit(ctx.models.dit, (p,), z, t, batch, taps=ctx.models.taps)
-  cond = dict(text=batch["text"], image=batch.get("image"))
-  head = nnx.merge(ctx.models.head, params["head"], copy=True)
-  head_frozen = nnx.merge(ctx.models.head, sg(params["head"]), copy=True)
-  with jax.named_scope("adversarial_g"):
-    taps_fake = taps(sg(backbone), fake, t_fake)  # gradient reaches G through `fake` only
-    loss_g = losses.hinge_generator(head_frozen(taps_fake, **cond))
-  with jax.named_scope("adversarial_d"):
-    # A frozen backbone's pass on the fake serves both losses; a trainable one needs its own.
-    feats_fake = taps(backbone, sg(fake), t_fake) if trainable else [sg(h) for h in taps_fake]
-    d_fake = head(feats_fake, **cond)
-    d_real = head(taps(backbone, real, t_real), **cond)
-    loss_d = losses.hinge_discriminator(d_real, d_fake)
-  with jax.named_scope("r1"):
-    d_pert = head(taps(backbone, perturbed, t_real), **cond)
-    loss_r1 = losses.approximate_r1(d_real, d_pert)
-  metrics = {"d/real": jnp.mean(d_real), "d/fake": jnp.mean(d_fake)}
-  return loss_g, loss_d, loss_r1, metrics
-
-
 def equilibrium_loss(params, batch, key, ctx: LossContext):
   knobs = ctx.knobs
   k_gen, k_adv, k_vsd, k_cons_t, k_cons_eps = jax.random.split(key, 5)
-  x0g = _one_step_x0(params, batch, k_gen, ctx)
-  loss_g, loss_d, loss_r1, metrics = _adversarial(params, batch, k_adv, ctx, x0g)
+  x0g = _student_x0(params, batch, k_gen, ctx)
+  loss_g, loss_d, loss_r1, metrics = adversarial.gan_terms(params, batch, k_adv, ctx, x0g)
   metrics.update({"loss/d": loss_d, "loss/r1": loss_r1, "loss/g_adv": loss_g})
   gan_weight = knobs.joint_gan_weight if knobs.joint else 1.0
   total = gan_weight * loss_g + loss_d + knobs.lam_r1 * loss_r1
@@ -278,15 +202,20 @@ def equilibrium_loss(params, batch, key, ctx: LossContext):
   if knobs.lam_cons:
     with jax.named_scope("csds"):
       # The noise is drawn in the latents' dtype (x0g is float32 whatever they are).
-      z, _, t = _noised(
-        k_cons_eps, k_cons_t, x0g, shift=knobs.flow_shift, eps_dtype=batch["latents"].dtype
-      )
+      t = context.draw(knobs, k_cons_t, x0g.shape[0], knobs.cons_t, knobs.cons_t_dist)
+      z, _ = context.noised(k_cons_eps, x0g, t, eps_dtype=batch["latents"].dtype)
       z = sg(z)
-      x0_teacher = timesteps.x0_from_velocity(z, _cfg_velocity(ctx, z, t, batch, knobs.cons_cfg), t)
-      loss_c = losses.consistency_sds(x0g, x0_teacher)
+      x0_teacher = timesteps.x0_from_velocity(
+        z, context.cfg_velocity(ctx, z, t, batch, knobs.cons_cfg), t
+      )
+      loss_c = losses.consistency_sds(ctx.probe("csds", x0g), x0_teacher)
     total = total + knobs.lam_cons * loss_c
     metrics["loss/csds"] = loss_c
   return total, metrics
+
+
+def _equilibrium_probes(knobs: PoseConfig) -> tuple[str, ...]:
+  return ("adv",) + ("dmd",) * bool(knobs.joint) + ("csds",) * bool(knobs.lam_cons)
 
 
 def _equilibrium_trains(knobs: PoseConfig) -> tuple[str, ...]:
@@ -300,6 +229,8 @@ def _equilibrium_trains(knobs: PoseConfig) -> tuple[str, ...]:
 
 def _equilibrium_passes(knobs: PoseConfig) -> list[Pass]:
   out = _extra_fake_passes(knobs, _equilibrium_trains)
+  if knobs.student_steps > 1:
+    out += [("G backward simulation", knobs.student_steps - 1, "dit", "none")]
   out += [
     ("G one-step on noise", 1, "dit", "full"),
     ("D backbone on fake (grad to G)", 1, "taps", "input"),
@@ -318,13 +249,18 @@ def _equilibrium_passes(knobs: PoseConfig) -> list[Pass]:
 PHASES: dict[str, Phase] = {
   "pretrain": Phase(loss=pretrain_loss, trains=lambda knobs: ("student",), passes=_pretrain_passes),
   "priming": Phase(
-    loss=priming_loss, trains=_priming_trains, passes=_priming_passes, sample=_generator_x0
+    loss=priming_loss,
+    trains=_priming_trains,
+    passes=_priming_passes,
+    sample=_generator_x0,
+    probes=lambda knobs: ("dmd",),
   ),
   "equilibrium": Phase(
     loss=equilibrium_loss,
     trains=_equilibrium_trains,
     passes=_equilibrium_passes,
-    sample=_one_step_x0,
+    sample=_student_x0,
+    probes=_equilibrium_probes,
   ),
 }
 

@@ -82,7 +82,9 @@ flags.DEFINE_enum(
   ["unipc", "euler"],
   "Teacher solver (UniPC: what the Wan2.1 diffusers releases ship).",
 )
-flags.DEFINE_float("shift", 3.0, "Teacher time shift (3 at 480p, 5 at 720p).")
+flags.DEFINE_float(
+  "shift", 3.0, "Time shift of the teacher and of a k-step student (3 at 480p, 5 at 720p)."
+)
 flags.DEFINE_float("cfg", None, "Teacher guidance scale (default 5.0; student: 1).")
 flags.DEFINE_string("negative_prompt", None, "Teacher CFG negative prompt (default '').")
 flags.DEFINE_string("mesh", None, "Mesh shape (data, fsdp, context, tensor), e.g. (1,-1,1,1).")

@@ -10,8 +10,9 @@ unsharded) + a DiT (graphdef + params, optionally sharded over a mesh). One call
      generator's numbers);
   3. the sampler, jit-compiled whole (static: mode, scheduler, steps, shift,
      guidance_scale):
-       student  ``samplers.student``: ``x0 = eps - G(eps, t=1)``; k steps re-noise to evenly
-                spaced times (key: ``key(seed)_1``). No CFG.
+       student  ``samplers.student``: ``x0 = eps - G(eps, t=1)``; k steps re-noise to the
+                shifted, evenly spaced times of ``generator.times(k, shift)``, as training
+                does (key: ``key(seed)_1``). No CFG.
        teacher  ``samplers.teacher_euler`` (= diffusers ``FlowMatchEulerDiscreteScheduler(shift)``)
                 or ``pose_jax.sampling.unipc.teacher_unipc`` (= ``UniPCMultistepScheduler(
                 prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)``),
@@ -139,7 +140,9 @@ def _sample(
   guidance_scale,
 ):
   if mode == "student":
-    return samplers.student(graphdef, params, noise, cond, text, image, steps=steps, key=key)
+    return samplers.student(
+      graphdef, params, noise, cond, text, image, steps=steps, key=key, shift=shift
+    )
   fn = samplers.teacher_euler if scheduler == "euler" else unipc.teacher_unipc
   return fn(
     graphdef,

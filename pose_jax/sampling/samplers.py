@@ -7,30 +7,19 @@ call, as the teacher pipeline does. Times are in [0, 1]; the DiT sees ``1000 t``
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from pose_jax.pose import timesteps
-from pose_jax.pose.velocity import dit_forward, guided_velocity
+from pose_jax.pose import generator, timesteps
+from pose_jax.pose.velocity import guided_velocity
 
 
-def student(graphdef, params, noise, cond, text, image, steps: int = 1, key=None):
-  """``x0 = eps - G(eps, 1)``; with ``steps > 1``, re-noise to evenly spaced times and repeat."""
-  batch_t = lambda t: jnp.full((noise.shape[0],), t, jnp.float32)
-  v = dit_forward(graphdef, params, noise, 1.0, cond, text, image)
-  x0 = timesteps.x0_from_velocity(noise, v, batch_t(1.0))
-  times = np.linspace(1.0, 0.0, steps + 1)[1:-1]
-  for i, t in enumerate(times):
-    if key is None:
-      raise ValueError("k-step student sampling needs a key for re-noising")
-    eps = jax.random.normal(jax.random.fold_in(key, i), noise.shape, noise.dtype)
-    # Not timesteps.add_noise: it rounds t to float32 before 1 - t, while 1 - t here is exact
-    # (float64), so e.g. 3-step samples would change in their last bit.
-    x_t = (1.0 - t) * x0 + t * eps
-    v = dit_forward(graphdef, params, x_t, t, cond, text, image)
-    x0 = timesteps.x0_from_velocity(x_t, v, batch_t(t))
-  return x0
+def student(graphdef, params, noise, cond, text, image, steps: int = 1, key=None, shift=1.0):
+  """The student's ``steps``-step sample (:func:`pose_jax.pose.generator.sample`, the function
+  training samples with): ``x0 = eps - G(eps, 1)``; ``steps > 1`` re-noises to the shifted,
+  evenly spaced times ``generator.times(steps, shift)`` (pass the run's ``flow_shift``)."""
+  return generator.sample(
+    graphdef, params, noise, cond, text, image, steps=steps, shift=shift, key=key
+  )
 
 
 def euler_times(steps: int, shift: float, num_train_timesteps: int = 1000) -> np.ndarray:

@@ -27,7 +27,7 @@ from pose_jax import sharding as shd
 from pose_jax.aot.report import compiled_stats
 from pose_jax.training import checkpoint
 
-BATCH_KEYS = ("latents", "cond", "text", "neg_text", "image")
+BATCH_KEYS = ("latents", "cond", "text", "text_mask", "neg_text", "image")
 COMPILE_BARRIER_S = 3600  # how long a process waits for the others to finish compiling
 
 

@@ -84,6 +84,16 @@ def abstract_state(tx, teacher, lora, head, knobs, seed, mesh):
   )
 
 
+def rebases(previous: str, phase: str, knobs: PoseConfig) -> bool:
+  """Whether entering ``phase`` from ``previous`` restarts E (and a trainable backbone) from the
+  student: always after ``pretrain`` (the pretrained student is the new teacher, and E and the
+  backbone still hold the random initialisation otherwise), and at priming -> equilibrium with
+  ``knobs.rebase_on_primed`` (the paper's primed generator as the backbone)."""
+  if previous == "pretrain":
+    return True
+  return previous == "priming" and phase == "equilibrium" and knobs.rebase_on_primed
+
+
 def shardings(tree):
   """The ``NamedSharding`` of every leaf of an abstract (or live) tree."""
   return jax.tree.map(lambda x: x.sharding, tree)
@@ -96,11 +106,18 @@ def create(target: TrainState, tx, teacher, lora, head, knobs: PoseConfig, seed:
   return jax.jit(init, out_shardings=shardings(target))(teacher, lora, head)
 
 
-def next_phase(state: TrainState, tx, target: TrainState) -> TrainState:
+def next_phase(state: TrainState, tx, target: TrainState, rebase: bool = False) -> TrainState:
   """``state`` entering a new phase: a fresh optimizer state of ``tx`` and no streak of
-  non-finite steps, in ``target``'s shardings (``state`` is donated)."""
+  non-finite steps, in ``target``'s shardings (``state`` is donated). ``rebase``: the EMA (and a
+  trainable discriminator backbone) restart as copies of the student (see :func:`rebases`)."""
 
   def fresh(s):
+    if rebase:
+      student = s.params["student"]
+      params = dict(s.params)
+      if "backbone" in params:
+        params["backbone"] = jax.tree.map(jnp.copy, student)
+      s = s.replace(params=params, ema=jax.tree.map(jnp.copy, student))
     return s.replace(opt_state=tx.init(s.params), bad_steps=jnp.zeros_like(s.bad_steps))
 
   return jax.jit(fresh, out_shardings=shardings(target), donate_argnums=0)(state)

@@ -8,10 +8,17 @@ of the sum of the phase's losses (each loss only reaches its own group, by const
 stop-gradients; :func:`accumulate` averages it over micro-batches), one optax
 ``multi_transform`` update, the EMA update, and a non-finite guard that keeps the old state (and
 counts the skip) if the loss or any gradient is not finite.
+
+Metrics: the phase's loss terms (``loss/*``, no summed total: the terms have different scales
+and partly opposite aims), the discriminator diagnostics (``d/*``, Phase II), the gradient norm
+of each trained group (``grad_norm/<group>``) and, per loss term that reaches G through its
+sample, the norm of that term's gradient at the sample (``grad_x0/<term>``), plus ``finite`` and
+``skipped``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -39,29 +46,34 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def _grads(loss_fn, params, batch, key, ctx: LossContext):
-  """``(loss, metrics, grads)`` of ``loss_fn(params, batch, key, ctx)``."""
-  f = lambda p: loss_fn(p, batch, key, ctx)
-  (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
+def _grads(loss_fn, params, batch, key, ctx: LossContext, probes=()):
+  """``(loss, metrics, grads)`` of ``loss_fn(params, batch, key, ctx)``. For each term in
+  ``probes`` the metrics get ``grad_x0/<term>``: the norm of the loss's gradient through that
+  term at the generator sample (the push it gives G, weighted as in the loss), read off a zero
+  probe added to the sample (:class:`LossContext`) in the same backward pass."""
+  zeros = {term: jnp.zeros(batch["latents"].shape, jnp.float32) for term in probes}
+  f = lambda p, z: loss_fn(p, batch, key, dataclasses.replace(ctx, probes=z))
+  (loss, metrics), (grads, at_x0) = jax.value_and_grad(f, (0, 1), has_aux=True)(params, zeros)
+  metrics = {**metrics, **{f"grad_x0/{t}": optax.tree.norm(g) for t, g in at_x0.items()}}
   return loss, metrics, grads
 
 
-def accumulate(loss_fn, params, batch, key, ctx: LossContext, micro_batches: int):
+def accumulate(loss_fn, params, batch, key, ctx: LossContext, micro_batches: int, probes=()):
   """:func:`_grads` averaged over ``micro_batches`` equal slices of the batch (a ``scan``);
   slice ``i`` uses ``fold_in(key, i)``. One slice: the whole batch with ``key`` itself."""
   if micro_batches == 1:
-    return _grads(loss_fn, params, batch, key, ctx)
+    return _grads(loss_fn, params, batch, key, ctx, probes)
   split = jax.tree.map(
     lambda a: a.reshape(micro_batches, a.shape[0] // micro_batches, *a.shape[1:]), batch
   )
 
   def body(carry, xs):
     mb, i = xs
-    out = _grads(loss_fn, params, mb, jax.random.fold_in(key, i), ctx)
+    out = _grads(loss_fn, params, mb, jax.random.fold_in(key, i), ctx, probes)
     return jax.tree.map(jnp.add, carry, out), None
 
   first = jax.tree.map(lambda a: a[0], split)
-  zero = jax.eval_shape(lambda: _grads(loss_fn, params, first, key, ctx))
+  zero = jax.eval_shape(lambda: _grads(loss_fn, params, first, key, ctx, probes))
   zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
   total, _ = jax.lax.scan(body, zero, (split, jnp.arange(micro_batches)))
   return jax.tree.map(lambda a: a / micro_batches, total)
@@ -119,7 +131,9 @@ def make_step(
         record, tx, params, opt_state, batch, k_fake, ctx, extra_fake
       )
       extra["loss/fake_extra"] = jnp.mean(fake_losses)
-    loss, metrics, grads = accumulate(record.loss, params, batch, key, ctx, micro_batches)
+    loss, metrics, grads = accumulate(
+      record.loss, params, batch, key, ctx, micro_batches, record.probes(knobs)
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     ema = losses.ema(state.ema, params["student"], knobs.ema_decay)
@@ -139,7 +153,6 @@ def make_step(
       **metrics,
       **extra,
       **grad_norms,
-      "loss": loss,
       "finite": ok.astype(jnp.float32),
       "skipped": new.skipped.astype(jnp.float32),
     }

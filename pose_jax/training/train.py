@@ -63,7 +63,6 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
   knobs = PoseConfig.from_config(config.pose)
   cfg = config_lib.wan_config(config.model)
   plan = phase_plan(knobs)
-  total = plan[-1][2]
   trained_here = "pretrain" in knobs.phases  # the teacher is made here, so checkpointed too
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   saved_meta = {  # in every checkpoint: what a resume compares and what an export reads
@@ -93,7 +92,7 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
   def restore(step: int, meta: dict) -> tuple:
     if metas[0] and step != metas[0][0][0]:
       resume.check_config(meta, config, step, f"{workdir} (checkpoint {step})")
-    tx = optim.make_optimizer(config.optim, plan[meta["phase_index"]][0], total, knobs)
+    tx = _optimizer(config, plan, meta["phase_index"], knobs)
     target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
     saved = abstract_teacher if meta.get("has_teacher") else None
     state, _, teacher = checkpoint.restore(mngr, step, target, iterator, saved)
@@ -102,7 +101,7 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
   found = resume.newest_intact(mngr, workdir, restore, metas)
   if found is None:
     first, step = 0, 0
-    tx = optim.make_optimizer(config.optim, plan[first][0], total, knobs)
+    tx = _optimizer(config, plan, first, knobs)
     target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
     teacher, lora, head = _fresh_params(config, cfg, knobs, mesh, abstract_teacher)
     state = state_lib.create(target, tx, teacher, lora, head, knobs, config.seed)
@@ -134,11 +133,13 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
       if step >= stop:
         continue
       if index != first:  # entering a new phase: its own optimizer, fresh state
-        if plan[index - 1][0] == "pretrain":  # the pretrained student becomes the teacher
+        previous = plan[index - 1][0]
+        if previous == "pretrain":  # the pretrained student becomes the teacher
           teacher = jax.tree.map(jnp.copy, state.params["student"])
-        tx = optim.make_optimizer(config.optim, phase, total, knobs)
+        tx = _optimizer(config, plan, index, knobs)
         target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
-        state = state_lib.next_phase(state, tx, target)
+        rebase = state_lib.rebases(previous, phase, knobs)
+        state = state_lib.next_phase(state, tx, target, rebase)
       step_fn = steps.make_step(
         phase, knobs, models, tx, phase_start, stop - phase_start, config.train.micro_batches
       )
@@ -166,6 +167,13 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
 
   evals.print_toy_report(config, models, state, teacher, eval_batch)
   return state
+
+
+def _optimizer(config, plan, index: int, knobs: PoseConfig):
+  """Phase ``plan[index]``'s optimizer: its schedules span that phase's steps (its count starts
+  at 0 with the phase's fresh optimizer state)."""
+  phase, start, stop = plan[index]
+  return optim.make_optimizer(config.optim, phase, stop - start, knobs)
 
 
 def _teacher_from(path: str, mesh, abstract_teacher):

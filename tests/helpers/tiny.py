@@ -147,15 +147,18 @@ def write_train_workdir(folder: str, root, seed: int = 1, scale: float = 0.05):
 
 def dit_batch(key=None) -> dict:
   """A fixed random training batch for the ``tiny`` DiT preset (2 clips, 2 latent frames of
-  4x6, Z=16, 20 condition channels, 7 text and 5 image tokens of width 32)."""
+  4x6, Z=16, 20 condition channels, 7 text rows (prompts of 5 and 3 tokens, the rows past them
+  zero as UMT5's are, ``text_mask``) and 5 image tokens of width 32)."""
   import jax.numpy as jnp
 
   ks = jax.random.split(jax.random.key(0) if key is None else key, 4)
   b, t, h, w = 2, 2, 4, 6
+  text_mask = (jnp.arange(7)[None] < jnp.asarray([[5], [3]])).astype(jnp.int32)
   return dict(
     latents=jax.random.normal(ks[0], (b, t, h, w, 16)),
     cond=jax.random.normal(ks[1], (b, t, h, w, 20)),
-    text=jax.random.normal(ks[2], (b, 7, 32)),
+    text=jax.random.normal(ks[2], (b, 7, 32)) * text_mask[..., None],
+    text_mask=text_mask,
     neg_text=jnp.zeros((b, 7, 32)),
     image=jax.random.normal(ks[3], (b, 5, 32)),
   )

@@ -114,9 +114,14 @@ def assert_same_run(a_dir, b_dir, rtol=0.0):
     assert final(a_dir) == final(b_dir)
   a, b = trace(a_dir), trace(b_dir)
   assert sorted(a) == sorted(b) == list(range(1, 9))
+  traced = lambda rec: sorted(k for k in rec if k.startswith(("loss/", "grad_norm/")))
   for step in a:
-    for key in ("loss", "grad_norm/student"):
-      np.testing.assert_allclose(a[step][key], b[step][key], rtol=rtol, err_msg=f"{step} {key}")
+    keys = traced(a[step])
+    assert "grad_norm/student" in keys and keys == traced(b[step]), step
+    for key in keys:  # atol: a term near 0 (loss/r1 ~ 1e-9) differs relatively in its last bits
+      np.testing.assert_allclose(
+        a[step][key], b[step][key], rtol=rtol, atol=1e-9 if rtol else 0.0, err_msg=f"{step} {key}"
+      )
 
 
 def tensorboard_tags(workdir) -> set:

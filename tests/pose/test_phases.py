@@ -10,7 +10,7 @@ import pytest
 
 from pose_jax.aot import flops
 from pose_jax.models.wan import preset
-from pose_jax.pose import config, phases, velocity
+from pose_jax.pose import config, context, generator, phases, velocity
 from pose_jax.pose import models as pose_models
 from pose_jax.pose.config import PoseConfig
 from pose_jax.pose.phases import PHASES, LossContext
@@ -105,7 +105,8 @@ def _count_dit_calls(monkeypatch, models, fn):
     calls["taps" if taps else "lora" if graphdef == models.dit_lora else "dit"] += 1
     return real(graphdef, params, x, t, cond, text, image, taps)
 
-  monkeypatch.setattr(phases, "dit_forward", counted)
+  monkeypatch.setattr(context, "dit_forward", counted)
+  monkeypatch.setattr(generator, "dit_forward", counted)
   monkeypatch.setattr(velocity, "dit_forward", counted)
   jax.eval_shape(fn)
   return dict(calls)
@@ -122,6 +123,7 @@ def _count_dit_calls(monkeypatch, models, fn):
     ("equilibrium", dict(cons_cfg=3.0), {"dit": 1 + 2, "taps": 3}),
     ("equilibrium", dict(d_backbone="trainable_copy"), {"dit": 2, "taps": 4}),
     ("equilibrium", dict(joint=True), {"dit": 2 + 2, "lora": 1, "taps": 3}),
+    ("equilibrium", dict(student_steps=3), {"dit": 2 + 1 + 1, "taps": 3}),  # + backward sim.
   ],
 )
 def test_passes_are_the_dit_calls_of_the_loss(setup, monkeypatch, phase, knobs, passes):

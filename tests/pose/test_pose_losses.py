@@ -102,8 +102,13 @@ def test_head_logits_depend_on_taps_and_condition():
     float(jnp.abs(head(taps, text + jax.random.normal(ks[4], text.shape), image) - d).max()) > 1e-4
   )
   assert float(jnp.abs(head([taps[1], taps[0]], text, image) - d).max()) > 1e-4
+  assert (  # the image branch is read too
+    float(jnp.abs(head(taps, text, image + jax.random.normal(ks[4], image.shape)) - d).max()) > 1e-4
+  )
   unconditional = _head(conditional=False)
   np.testing.assert_allclose(unconditional(taps), unconditional(taps, text * 5, image))
+  layers = head.layer_logits(taps, text, image)
+  assert layers.shape == (2, 2) and np.allclose(layers.mean(axis=0), d)
   with pytest.raises(ValueError, match="built for 2 taps"):
     head(taps[:1], text, image)
 
@@ -113,3 +118,21 @@ def test_default_taps():
   assert discriminator.default_taps(2, 2) == (0, 1)
   with pytest.raises(ValueError):
     discriminator.default_taps(2, 3)
+
+
+def test_head_masks_the_text_rows_past_the_prompt():
+  """Rows with ``text_mask = 0`` (UMT5's padding) do not reach the logits; prompt rows do."""
+  ks = jax.random.split(jax.random.key(2), 4)
+  taps = [jax.random.normal(ks[0], (2, 20, 32))] * 2
+  mask = jnp.asarray([[1] * 5 + [0] * 2, [1] * 3 + [0] * 4])
+  text = jax.random.normal(ks[1], (2, 7, 12)) * mask[..., None]
+  image = jax.random.normal(ks[2], (2, 5, 10))
+  head = _head()
+  d = head(taps, text, image, mask)
+  padding = text + 4.0 * (1 - mask[..., None])  # padding rows changed, prompt rows kept
+  np.testing.assert_allclose(head(taps, padding, image, mask), d, rtol=1e-6, atol=1e-6)
+  assert float(jnp.abs(head(taps, padding, image) - head(taps, text, image)).max()) > 1e-4
+  prompt = text.at[1, 0].add(3.0)
+  assert float(jnp.abs(head(taps, prompt, image, mask) - d).max()) > 1e-4
+  with pytest.raises(ValueError, match="text_mask"):
+    head(taps, text, image, mask[:, :5])

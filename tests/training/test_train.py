@@ -37,12 +37,28 @@ def test_full_run_logs_phases_and_tensorboard(full_run):
   assert "[pretrain] step 4/4" in out and "[equilibrium] step 8/8" in out
   assert "student_1_step" in out
   tags = runs.tensorboard_tags(workdir)
-  assert {"loss", "loss/flow", "loss/dmd", "loss/d", "grad_norm/student"} <= tags, tags
+  want = {"loss/flow", "loss/dmd", "loss/d", "grad_norm/student", "grad_x0/dmd", "grad_x0/adv"}
+  want |= {"d/acc_real", "d/acc_fake", "d/margin", "d/margin_block1", "d/r1_over_hinge"}
+  assert want <= tags and "loss" not in tags, tags  # no summed loss: the terms are apart
   # Sample videos + proxy metrics at each phase end (eval.every = 0).
   assert "eval/student/first_frame_psnr" in tags and "eval/ema/flicker" in tags, tags
   assert sorted(os.listdir(workdir / "samples")) == ["step_4", "step_6", "step_8"]
   video = video_io.read_mp4(str(workdir / "samples" / "step_8" / "student_0.mp4"))
   assert video.shape == (9, 32, 32, 3) and video.std() > 1  # 9 frames of toy clip, not blank
+
+
+@pytest.mark.slow
+def test_e_restarts_from_the_pretrained_student(full_run):
+  """Two priming steps after the pretrain handoff, E is the pretrained student moved by two EMA
+  updates, not an average still holding the random initialisation (as it was before the
+  handoff re-based it)."""
+  workdir, _ = full_run
+  flat = lambda tree: np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves(tree)])
+  gap = {}
+  for step in (4, 6):  # pretrain's end (before the handoff), 2 steps into priming
+    state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+    gap[step] = float(np.linalg.norm(flat(state["ema"]) - flat(state["params"]["student"])))
+  assert gap[6] < 0.5 * gap[4], gap  # without the re-base: 0.267 vs 0.269
 
 
 @pytest.mark.slow
