@@ -30,3 +30,22 @@ def toy_reference_run(tmp_path_factory, worker_id):
 
   base = tmp_path_factory.getbasetemp()
   return toy_runs.reference_run(base if worker_id == "master" else base.parent)
+
+
+# The longest files, longest first. CI has 2 workers and `--dist loadfile`; with xdist's default
+# reordering (files with the most tests first) these few-test, minutes-long files came last and
+# the multi-process run ran alone at the end. `--no-loadscope-reorder` (pytest.ini) keeps this
+# order: the first two go one to each worker (the second needs no reference run, so it does not
+# wait while the first builds it), the rest fill in behind them.
+LONGEST_FIRST = (
+  "tests/training/test_multihost.py",
+  "tests/aot/test_compile.py",
+  "tests/training/test_workdir_faults.py",
+  "tests/training/test_train.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+  key = lambda item: rank.get(item.nodeid.split("::")[0], len(rank))
+  items.sort(key=key)  # stable: the rest keep their collection order

@@ -193,12 +193,34 @@ def _fresh_params(config, cfg, knobs, mesh, abstract_teacher) -> tuple:
   return _teacher_from(config.ckpt.init_from, mesh, abstract_teacher), lora, head
 
 
+def fingerprint(tree) -> str:
+  """A sha256 of every array of ``tree`` (values, dtypes and shapes, in leaf order), computed
+  where the arrays are: each process hashes the shards it holds (replica 0 of each, in index
+  order) and the processes' digests are combined, so nothing is gathered onto one host (an
+  FSDP-sharded 14B student never fits there). Equal trees give equal fingerprints under one
+  mesh and process layout; another layout shards them differently, so compare those by value."""
+  local = hashlib.sha256()
+  for i, leaf in enumerate(jax.tree.leaves(tree)):
+    leaf = jnp.asarray(leaf)
+    shards = sorted(
+      (s for s in leaf.addressable_shards if s.replica_id == 0), key=lambda s: str(s.index)
+    )
+    for shard in shards:
+      data = np.asarray(shard.data)
+      local.update(f"{i}:{leaf.dtype}:{leaf.shape}:{shard.index}:".encode())
+      local.update(data.tobytes())
+  digest = np.frombuffer(local.digest(), np.uint8)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    digest = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1)
+  return hashlib.sha256(digest.tobytes()).hexdigest()
+
+
 def _write_fingerprint(workdir: str, state) -> None:
-  """``final.json``: the step and a sha256 over every trainable and EMA parameter's bytes, so
+  """``final.json``: the step and :func:`fingerprint` of every trainable and EMA parameter, so
   two runs (e.g. interrupted + resumed vs uninterrupted) can be compared bit for bit."""
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves((state.params, state.ema)):
-    digest.update(np.asarray(jax.device_get(leaf)).tobytes())
+  digest = fingerprint((state.params, state.ema))
   if jax.process_index() == 0:
-    info = {"step": int(state.step), "params_sha256": digest.hexdigest()}
+    info = {"step": int(state.step), "params_sha256": digest}
     (epath.Path(workdir) / "final.json").write_text(json.dumps(info))
