@@ -223,6 +223,7 @@ def test_prepare_cli_fails_when_every_video_is_skipped(clips, pipeline, tmp_path
     f"--frames={FRAMES}",
     f"--height={HEIGHT}",
     f"--width={WIDTH}",
+    "--fps=0",  # native frames: short.mp4 has 3 of the 5
   )
   assert r.returncode != 0, r.stderr[-3000:]
   assert "written 0 example(s) in 0 shard(s)" in r.stdout
@@ -253,30 +254,29 @@ def test_prepare_cli(clips, pipeline, tmp_path):
   ]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "written 2 example(s) in 2 shard(s)" in proc.stdout
+  # By default clips are resampled to Wan's 16 fps (these are 8 fps: each frame twice), so
+  # the 3-frame short.mp4 (0.375 s) now covers the 5 frames (0.25 s) it is asked for.
+  assert "valid.mp4: ok (8 fps resampled to 16 fps)" in proc.stdout, proc.stdout
+  assert "written 3 example(s) in 3 shard(s)" in proc.stdout
   summary = json.loads((out / "summary.json").read_text())
-  assert summary["written"] == 2
-  assert summary["counts"] == {"unreadable": 1, "too_short": 1, "no_caption": 1, "encode_failed": 0}
+  assert summary["written"] == 3
+  assert summary["counts"] == {"unreadable": 1, "too_short": 0, "no_caption": 1, "encode_failed": 0}
   reasons = {os.path.basename(p): s["reason"] for p, s in summary["skipped_videos"].items()}
-  assert reasons == {
-    "corrupt.mp4": "unreadable",
-    "short.mp4": "too_short",
-    "nocap.mp4": "no_caption",
-  }
+  assert reasons == {"corrupt.mp4": "unreadable", "nocap.mp4": "no_caption"}
   assert summary["captions_without_video"] == ["ghost.mp4"]
   assert read_meta(str(out))["shapes"]["cond"] == [2, 4, 6, 4 + Z]
 
   batch = next(
-    make_iterator(str(out), 2, shuffle=False, process_index=0, process_count=1, with_strings=True)
+    make_iterator(str(out), 3, shuffle=False, process_index=0, process_count=1, with_strings=True)
   )
-  assert sorted(batch["key"]) == ["clip.webm", "valid.mp4"]
-  assert batch["latents"].shape == (2, 2, 4, 6, Z) and batch["text"].shape == (2, 512, 32)
-  assert batch["neg_text"].shape == (2, 512, 32) and batch["image"].shape == (2, 17, 24)
+  assert sorted(batch["key"]) == ["clip.webm", "short.mp4", "valid.mp4"]
+  assert batch["latents"].shape == (3, 2, 4, 6, Z) and batch["text"].shape == (3, 512, 32)
+  assert batch["neg_text"].shape == (3, 512, 32) and batch["image"].shape == (3, 17, 24)
   i = list(batch["key"]).index("valid.mp4")
   assert batch["caption"][i] == "a cat runs on the beach" and batch["text_mask"][i].sum() == 7
 
   # Latents are the pipeline's: normalised posterior mean of the diffusers VAE.
-  clip = read_clip(str(clips / "valid.mp4"), FRAMES, HEIGHT, WIDTH)
+  clip = read_clip(str(clips / "valid.mp4"), FRAMES, HEIGHT, WIDTH, fps=16)
   video = torch.from_numpy(clip.astype(np.float32) / 127.5 - 1.0).permute(3, 0, 1, 2)[None]
   with torch.no_grad():
     mu = pipe.vae.encode(video).latent_dist.mean
