@@ -3,13 +3,15 @@
   python -m pose_jax.main --config=configs/toy_i2v.py [--workdir=/tmp/pose_toy]
 
 Toy data: short clips made from scikit-image's photos by a camera move named in the caption,
-in the toy codec's pixel latents (Z=3), with tiny random text/image encoders. Phases: a tiny
+in the toy codec's lossless pixel latents (every frame, 4x4 space-to-depth: Z=48), with tiny
+random text/image encoders. Phases: a tiny
 teacher is pretrained by flow matching, then primed (DMD with a LoRA fake score) and brought to
 the adversarial equilibrium; the result samples in one step. Its results: bench/README.md
 ("The toy run").
 """
 
 from configs import common
+from pose_jax.data.toy_codec import ToyCodec
 
 
 def get_config(arg=None):
@@ -17,6 +19,16 @@ def get_config(arg=None):
   c = common.base()
   c.model.preset = "toy"
   c.model.num_layers = 4
+  z = ToyCodec().z_dim  # the toy codec's latent channels: in = noisy Z + 4 mask + cond Z
+  # The toy preset's shape, overridable as --config.model.KEY. A token (patch 1x2x2) holds
+  # 4 Z = 192 latent values, so the width D = num_heads * head_dim must be >= 192: the velocity
+  # the DiT predicts carries the noise, all 192 values of it (D=64 made noise: bench/README.md).
+  with c.model.unlocked():
+    c.model.in_channels = 2 * z + 4
+    c.model.out_channels = z
+    c.model.num_heads = 6
+    c.model.head_dim = 32
+    c.model.ffn_dim = 384
 
   c.pose.phases = ("pretrain", "priming", "equilibrium")
   c.pose.steps = (300, 60, 120)
@@ -42,7 +54,10 @@ def get_config(arg=None):
 
   c.data.kind = "toy"
   c.data.frames = 9
-  c.data.size = 48
+  c.data.size = 32  # 9 frames of 8 x 8 latents: 144 tokens
+  with c.data.unlocked():  # toy-only: training clips per photo and move; mirrored/turned photos
+    c.data.clips_per_move = 4
+    c.data.flips = False
 
   c.eval.teacher_steps = 20
   c.eval.every = 0  # sample videos + metrics at the end of each phase only

@@ -42,6 +42,7 @@ from pose_jax.aot.report import (
 )
 from pose_jax.aot.topology import Topology, make_mesh, parse_topology, topology_devices
 from pose_jax.data import toy
+from pose_jax.data.toy_codec import ToyCodec
 from pose_jax.models.encoders import clip_vision
 from pose_jax.models.wan import WanConfig
 from pose_jax.pose import models as pose_models
@@ -62,12 +63,14 @@ def batch_shapes(config, cfg: WanConfig, batch_size: int) -> dict[str, tuple[int
   """Global shapes of one training batch (``pose_jax.data.example``'s schema plus ``neg_text``).
 
   Wan VAE latents: 8x spatial, 4x temporal, Z = ``out_channels``; text 512 UMT5 tokens, 257
-  CLIP tokens. The toy data: the toy codec (2x spatial) and the toy encoders' token counts.
+  CLIP tokens. The toy data: the toy codec (every frame, ``ToyCodec.spatial_factor`` x
+  spatial) and the toy encoders' token counts.
   """
   d = config.data
   frames = 1 + (d.frames - 1) // 4
   if d.kind == "toy":
-    h = w = d.size // 2
+    frames, h = d.frames, d.size // ToyCodec().spatial_factor
+    w = h
     text_len, image_len = toy.TEXT_LENGTH, clip_vision.preset("tiny").num_positions
   else:
     h, w = d.height // 8, d.width // 8

@@ -4,14 +4,17 @@
   toy      toy clips built under ``<workdir>/data/{train,eval}`` (per process when there are
            several: deterministic, so each builds its own copy and nothing races); built again
            when the config asks for another ``data.size`` / ``data.frames`` / ``seed`` than the
-           clips there were built with (their ``meta.json`` records them)
+           clips there were built with (or another ``data.clips_per_move`` / ``data.flips``,
+           where the config has them), or when they were made by another toy codec version or
+           factor (their ``meta.json`` records all of them)
   records  ArrayRecord shards at ``config.data.path``; held-out shards at ``data.eval_path``;
            ValueError when their ``meta.json`` records other frames / height / width than
            ``config.data`` asks (``height`` / ``width`` 0: not checked)
 
 The iterator yields this process's share of ``config.train.batch_size`` (numpy dicts) and is
-checkpointable (grain). The eval batch is up to 8 held-out examples, the same on every process,
-or ``None`` when there is no eval set.
+checkpointable (grain). The eval batch is up to 8 held-out examples (toy data: every held-out
+clip), with their ``caption`` and ``key`` strings (a toy key names the camera move), the same
+on every process, or ``None`` when there is no eval set.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import ml_collections
 from pose_jax.data import records
 
 EVAL_EXAMPLES = 8
+TOY_KEYS = ("clips_per_move", "flips")  # toy-only config.data keys (configs/toy_i2v.py adds them)
 BUILDING = ".building-"  # <root>.building-XXXX: a toy build in progress (or an interrupted one)
 # config.data key -> what the shards hold, given the value their meta.json records
 KEYS = {"frames": "{} frames", "height": "frames {} px high", "width": "frames {} px wide"}
@@ -42,7 +46,10 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> tuple:
     root = os.path.join(workdir, "data")
     if jax.process_count() > 1:
       root = os.path.join(root, f"process_{jax.process_index()}")
-    ensure_toy_data(root, size=config.data.size, frames=config.data.frames, seed=config.seed)
+    toy_keys = {k: config.data[k] for k in TOY_KEYS if k in config.data}
+    ensure_toy_data(
+      root, size=config.data.size, frames=config.data.frames, seed=config.seed, **toy_keys
+    )
     train_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
   else:
     train_dir, eval_dir = config.data.path, config.data.eval_path
@@ -51,8 +58,11 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> tuple:
   iterator = records.make_iterator(train_dir, per_process, seed=config.seed)
   eval_batch = None
   if eval_dir and os.path.exists(os.path.join(eval_dir, records.META)):
-    n = min(EVAL_EXAMPLES, records.read_meta(eval_dir)["num_examples"])
-    eval_it = records.make_iterator(eval_dir, n, shuffle=False, shard_by_process=False)
+    toy, n = config.data.kind == "toy", records.read_meta(eval_dir)["num_examples"]
+    n = n if toy else min(EVAL_EXAMPLES, n)
+    eval_it = records.make_iterator(
+      eval_dir, n, shuffle=False, shard_by_process=False, with_strings=True
+    )
     eval_batch = next(eval_it)
     eval_it.close()  # else its threads read (prefetch) on in the background
   return iterator, eval_batch
@@ -60,19 +70,23 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> tuple:
 
 def ensure_toy_data(root: str, **built_with) -> bool:
   """Builds the toy clips in ``root`` unless its ``train/meta.json`` records ``built_with``
-  (``size``, ``frames``, ``seed``: every argument of ``toy.build_dataset`` a config sets);
-  returns whether it built. A build is written beside ``root`` and renamed into place when
-  complete, so an interrupted one is never taken for valid data."""
+  (``size``, ``frames``, ``seed``: every argument of ``toy.build_dataset`` a config sets) and
+  the current toy codec's ``meta()`` (its version and factor); returns whether it built. A build
+  is written beside ``root`` and renamed into place when complete, so an interrupted one is
+  never taken for valid data."""
+  from pose_jax.data.toy_codec import ToyCodec
+
+  want = {**built_with, **ToyCodec().meta()}
   meta_path = os.path.join(root, "train", records.META)
   meta = records.read_meta(os.path.join(root, "train")) if os.path.isfile(meta_path) else None
   if meta is not None:
-    have = {k: meta.get(k) for k in built_with}
-    if have == built_with:
+    have = {k: meta.get(k) for k in want}
+    if have == want:
       return False
-    shown = [k for k in ("size", "frames") if k in built_with]
-    shown += [k for k in built_with if k not in shown and have[k] != built_with[k]]
+    shown = [k for k in ("size", "frames") if k in want]
+    shown += [k for k in want if k not in shown and have[k] != want[k]]
     fmt = lambda d: " ".join(f"{k}={d[k]}" for k in shown)
-    msg = f"data: {root} was built with {fmt(have)}; config asks {fmt(built_with)}: rebuilding"
+    msg = f"data: {root} was built with {fmt(have)}; config asks {fmt(want)}: rebuilding"
     print(msg, flush=True)
   else:
     args = ", ".join(f"{k}={v}" for k, v in built_with.items())

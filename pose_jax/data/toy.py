@@ -1,21 +1,22 @@
 """Toy I2V data from real photos: scikit-image's bundled pictures under named camera moves.
 
-Legend: B batch, T video frames (1 + 4k), H/W frame height/width, N latent frames (1 + k),
-h/w latent height/width (H/2, W/2), Z = 3 latent channels.
+Legend: B batch, T frames (1 + 4k; the toy codec keeps every frame), H/W frame height/width,
+h/w latent height/width (H/f, W/f), Z = 3 f^2 latent channels (f: the codec's spatial factor).
 
 Each clip is a square window sliding over (pan), shrinking or growing on (zoom) or resting on
 (static) one photo of ``skimage.data`` (shipped in the package, no downloads); its caption
 names both, e.g. "a photo of a cat, the camera pans left". "Pans left" means the view moves
 left over the photo, so the content slides RIGHT in the frame (pan up: content slides down).
-Pans move a whole even number of pixels per frame (exact shifts, aligned with the codec's 2x2
-pooling); zooms change the window side geometrically by ``ZOOM`` over the clip. Some photos are
-held out: the ``eval`` split has only those, ``train`` never sees them.
+Pans move a whole even number of pixels per frame (exact shifts); zooms change the window side
+geometrically by ``ZOOM`` over the clip. Some photos are held out: the ``eval`` split has only
+those, ``train`` never sees them.
 
 Conditioning, as the real pipeline's but tiny and random (fixed seeds, no downloads):
 image tokens = CLIP vision ``tiny`` preset on the first frame; text tokens = UMT5 ``tiny`` over
 a WordLevel tokenizer of the caption words, ``TEXT_LENGTH`` tokens, rows past the prompt zero;
-``neg_text`` = the empty prompt. Latents use :class:`ToyCodec` (a fixed "pixel latent", so
-decoded samples are real videos); the toy DiT has in_channels = 3 + 4 + 3 = 10, out 3.
+``neg_text`` = the empty prompt. Latents use :class:`ToyCodec` (a lossless space-to-depth
+"pixel latent", so decoded samples are real videos); the toy DiT has in_channels = 2 Z + 4
+(noisy latents, mask, condition latent), out Z (``meta.json`` records both).
 """
 
 from __future__ import annotations
@@ -220,17 +221,29 @@ def _penultimate(encoder, pixels):
 
 
 # --- the dataset ------------------------------------------------------------------------------
+def flip_or_turn(image: np.ndarray, i: int) -> np.ndarray:
+  """The ``i % 8``-th of the photo's 8 mirror images and quarter turns (0: the photo itself)."""
+  image = np.rot90(image, (i % 8) // 2)
+  return np.ascontiguousarray(image[:, ::-1] if i % 2 else image)
+
+
 def make_clips(
-  photos: Sequence[str], size: int, frames: int, clips_per_move: int, seed: int
+  photos: Sequence[str],
+  size: int,
+  frames: int,
+  clips_per_move: int,
+  seed: int,
+  flips: bool = False,
 ) -> list[tuple[str, str, np.ndarray]]:
-  """``[(key, caption, uint8 video [T, size, size, 3])]`` for every photo x move x clip."""
+  """``[(key, caption, uint8 video [T, size, size, 3])]`` for every photo x move x clip. With
+  ``flips`` clip c is made from :func:`flip_or_turn` ``(photo, c)``: more views of few photos."""
   out = []
   for photo in photos:
     image = load_photo(photo)
     for mi, move in enumerate(MOVES):
       for c in range(clips_per_move):
         rng = np.random.default_rng([seed, list(PHOTOS).index(photo), mi, c])
-        clip = camera_clip(image, move, size, frames, rng)
+        clip = camera_clip(flip_or_turn(image, c) if flips else image, move, size, frames, rng)
         out.append((f"{photo}/{move}/{c}", caption(photo, move), clip))
   return out
 
@@ -244,16 +257,20 @@ def build_dataset(
   seed: int = 0,
   shard_size: int = 128,
   eval_clips_per_move: int = 1,
+  flips: bool = False,
 ) -> dict[str, dict[str, Any]]:
   """Writes ``out_dir/train`` and ``out_dir/eval`` (shards + meta + neg_text); returns the
   metas. ``eval`` holds the ``holdout`` photos (not written if there are none), ``train`` the
-  rest; each photo gets every move, ``clips_per_move`` (eval: ``eval_clips_per_move``) times."""
+  rest; each photo gets every move, ``clips_per_move`` (eval: ``eval_clips_per_move``) times;
+  ``flips``: training clips from mirrored and turned photos (:func:`make_clips`)."""
   unknown = set(holdout) - set(PHOTOS)
   if unknown:
     raise ValueError(f"unknown holdout photo(s) {sorted(unknown)}; choose from {list(PHOTOS)}")
   if size % 16 or frames < 5 or (frames - 1) % 4:
     raise ValueError(f"size={size} must be a multiple of 16 and frames={frames} 1 + 4k (k >= 1)")
   codec, enc = ToyCodec(), ToyEncoders.create(seed)
+  if size % codec.spatial_factor:
+    raise ValueError(f"size={size} must be a multiple of the codec's {codec.spatial_factor}")
   neg_text = enc.encode_text([""])[0][0]
   splits = {
     "train": ([p for p in PHOTOS if p not in holdout], clips_per_move),
@@ -263,7 +280,7 @@ def build_dataset(
   for split, (photos, per_move) in splits.items():
     if not photos or per_move < 1:
       continue
-    clips = make_clips(photos, size, frames, per_move, seed)
+    clips = make_clips(photos, size, frames, per_move, seed, flips and split == "train")
     videos = to_unit(np.stack([c[2] for c in clips]))
     captions = [c[1] for c in clips]
     latents, cond = codec.encode(videos), codec.condition(videos[:, 0], frames)
@@ -287,14 +304,17 @@ def build_dataset(
       shard_size,
       neg_text=neg_text,
       codec="toy",
+      **codec.meta(),
+      clips_per_move=clips_per_move,
+      flips=flips,
       size=size,
       frames=frames,
       photos=photos,
       moves=list(MOVES),
       seed=seed,
       text_length=enc.text_length,
-      in_channels=3 + MASK_CHANNELS + 3,
-      out_channels=3,
+      in_channels=2 * codec.z_dim + MASK_CHANNELS,
+      out_channels=codec.z_dim,
       image_dim=int(image.shape[-1]),
       text_dim=int(text.shape[-1]),
     )

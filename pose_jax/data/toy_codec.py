@@ -1,11 +1,17 @@
-"""The toy "pixel latent" codec: a fixed, invertible-on-keyframes stand-in for the Wan VAE.
+"""The toy "pixel latent" codec: a fixed, lossless stand-in for the Wan VAE (space-to-depth).
 
-Legend: B batch, T video frames (1 + 4k), H/W frame height/width, N latent frames (1 + k),
-h/w latent height/width (H/2, W/2), Z = 3 latent channels (RGB in [-1, 1]).
+Legend: B batch, T frames (video and latent: no temporal compression), H/W frame height/width,
+h/w latent height/width (H/f, W/f), f the spatial factor, Z = 3 f^2 latent channels.
 
 Used by the CPU toy run only (real runs use :class:`pose_jax.models.wan.vae.WanVAE`), so that
-decoded samples are real videos and the DiT input keeps the real I2V layout:
-``concat([noisy latents (3), mask (4), condition latent (3)])`` = 10 channels.
+every decoded frame is a frame the model made (no interpolation between keyframes) and the DiT
+input keeps the real I2V layout:
+``concat([noisy latents (Z), mask (4), condition latent (Z)])`` = 2 Z + 4 channels.
+
+encode: video ``[B, T, H, W, 3]`` in [-1, 1] -> each f x f block of pixels becomes one latent
+pixel's Z channels (pixel-unshuffle) -> ``[B, T, H/f, W/f, Z]``, times ``scale``.
+decode: the inverse (pixel-shuffle), so ``decode(encode(x)) == x`` exactly (up to float
+rounding of ``scale``). ``scale`` (default 1: pixel values) only sets the latents' spread.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from einops import einsum, reduce, repeat
+from einops import rearrange
 
 from pose_jax.data.example import MASK_CHANNELS
+
+SPATIAL_FACTOR = 4  # 48 px toy frames -> 12 x 12 latents -> 6 x 6 tokens per frame (patch 2)
+VERSION = 2  # 1: keyframes 0, 4, 8 + 2x2 mean pool, cross-fade decode; 2: lossless, all frames
 
 
 def _xp(x: Any):
@@ -27,49 +36,47 @@ def _xp(x: Any):
 
 @dataclasses.dataclass(frozen=True)
 class ToyCodec:
-  """A fixed "pixel latent" (numpy in -> numpy out, jax in -> jax out; jit-able).
+  """A fixed, lossless "pixel latent" (numpy in -> numpy out, jax in -> jax out; jit-able)."""
 
-  encode: video ``[B, T, H, W, 3]`` in [-1, 1] -> keep frames 0, 4, 8, ... -> 2x2 mean pool ->
-  ``[B, 1 + (T-1)/4, H/2, W/2, 3]``. decode: linear interpolation between latent frames (so
-  frames 0, 4, 8, ... are exact) -> 2x nearest upsample -> ``[B, 1 + 4(N-1), 2h, 2w, 3]``.
-  """
+  spatial_factor: int = SPATIAL_FACTOR
+  scale: float = 1.0
 
-  temporal_factor: int = 4
-  spatial_factor: int = 2
-  z_dim: int = 3
+  def __post_init__(self):
+    if self.spatial_factor < 1 or self.scale <= 0:
+      raise ValueError(
+        f"toy codec: spatial_factor={self.spatial_factor} must be >= 1, scale={self.scale} > 0"
+      )
+
+  @property
+  def z_dim(self) -> int:
+    return 3 * self.spatial_factor**2
+
+  @property
+  def temporal_factor(self) -> int:
+    return 1
+
+  def meta(self) -> dict[str, Any]:
+    """What the toy data's ``meta.json`` records of the codec (a change rebuilds the data)."""
+    return {"codec_version": VERSION, "spatial_factor": self.spatial_factor, "scale": self.scale}
 
   def encode(self, video: Any) -> Any:
-    b, t, h, w, c = video.shape
-    ft, fs = self.temporal_factor, self.spatial_factor
-    if (t - 1) % ft or h % fs or w % fs or c != self.z_dim:
+    f = self.spatial_factor
+    if video.ndim != 5 or video.shape[2] % f or video.shape[3] % f or video.shape[-1] != 3:
       raise ValueError(
-        f"toy codec: video {video.shape} needs T = 1 + {ft}k, H, W % {fs} == 0, 3 ch"
+        f"toy codec: video must be [B, T, H, W, 3] with H, W multiples of {f}, got {video.shape}"
       )
-    return reduce(video[:, ::ft], "b n (h p) (w q) c -> b n h w c", "mean", p=fs, q=fs)
-
-  def interpolation(self, num_latent_frames: int) -> np.ndarray:
-    """float32 ``[T, N]``: row t mixes latent frames floor(t/4) and the next one."""
-    ft, n = self.temporal_factor, num_latent_frames
-    pos = np.arange(1 + ft * (n - 1)) / ft
-    lo = np.minimum(np.floor(pos).astype(int), n - 1)
-    hi, frac = np.minimum(lo + 1, n - 1), pos - lo
-    out = np.zeros((pos.size, n), np.float32)
-    np.add.at(out, (np.arange(pos.size), lo), 1.0 - frac)
-    np.add.at(out, (np.arange(pos.size), hi), frac)
-    return out
+    return rearrange(video, "b t (h p) (w q) c -> b t h w (p q c)", p=f, q=f) * self.scale
 
   def decode(self, latents: Any) -> Any:
+    f = self.spatial_factor
     if latents.ndim != 5 or latents.shape[-1] != self.z_dim:
       raise ValueError(
-        f"toy codec: latents must be [B, N, h, w, {self.z_dim}], got {latents.shape}"
+        f"toy codec: latents must be [B, T, h, w, {self.z_dim}], got {latents.shape}"
       )
-    weights = _xp(latents).asarray(self.interpolation(latents.shape[1]), latents.dtype)
-    frames = einsum(weights, latents, "t n, b n h w c -> b t h w c")
-    fs = self.spatial_factor
-    return repeat(frames, "b t h w c -> b t (h p) (w q) c", p=fs, q=fs)
+    return rearrange(latents / self.scale, "b t h w (p q c) -> b t (h p) (w q) c", p=f, q=f)
 
   def condition(self, first_frame: Any, num_frames: int) -> Any:
-    """``cond [B, N, h, w, 4 + 3]`` from first frames ``[B, H, W, 3]``: the real layout (mask
+    """``cond [B, T, h, w, 4 + Z]`` from first frames ``[B, H, W, 3]``: the real layout (mask
     ones on latent frame 0, then the latent of the video [first frame, 0, ..., 0])."""
     xp = _xp(first_frame)
     video = xp.zeros((first_frame.shape[0], num_frames, *first_frame.shape[1:]), first_frame.dtype)
@@ -85,4 +92,4 @@ def _set_first(x: np.ndarray, value: Any) -> np.ndarray:
   return x
 
 
-__all__ = ["ToyCodec"]
+__all__ = ["SPATIAL_FACTOR", "VERSION", "ToyCodec"]

@@ -5,6 +5,8 @@ function also maps over a batch. Formulas are in each module's docstring:
   fidelity  first-frame PSNR / SSIM against the condition image
   temporal  flicker (VBench temporal flickering), motion smoothness (flow-interpolation proxy)
   motion    optical-flow magnitudes, VBench dynamic degree
+  camera    the camera move (pan left/right/up/down, zoom in/out, static, none) from global
+            motion, and motion accuracy against the moves captions name
   features  subject / background consistency and image-video alignment for any feature_fn
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pose_jax.evaluators.camera import CAMERA_MOVES, CameraMove, camera_move, motion_accuracy
 from pose_jax.evaluators.features import (
   background_consistency,
   clip_feature_fn,
@@ -43,8 +46,11 @@ METRICS = (
 )
 
 __all__ = [
+  "CAMERA_MOVES",
   "METRICS",
+  "CameraMove",
   "background_consistency",
+  "camera_move",
   "clip_feature_fn",
   "dynamic_degree",
   "evaluate",
@@ -53,6 +59,7 @@ __all__ = [
   "flicker",
   "flow_magnitudes",
   "image_video_alignment",
+  "motion_accuracy",
   "motion_smoothness",
   "subject_consistency",
   "thumbnail_features",

@@ -8,17 +8,22 @@ for real data), scored against the condition image (frame 0 of the decoded real 
 
   <workdir>/samples/step_<N>/<weights>_<i>.mp4   one video per eval example (up to max_videos)
   <workdir>/samples/step_<N>/<weights>.png       their frame strips, one row per example
+  <workdir>/samples/step_<N>/condition_<i>.png   example i's condition image (as decoded)
+  <workdir>/samples/step_<N>/index.json          {"step", "fps", "videos": [{"video", "strip",
+      "strip_row", "weights" (student | ema), "step", "prompt", "key", "condition_image"}]}
 
 ``toy_report`` (toy data, after training): for each held-out clip, the teacher's multi-step Euler
 sample (CFG), the teacher's and the student's one-step samples, decoded with the toy codec and
 compared with the real clip:
   first_frame_psnr   ``evaluators.first_frame_psnr`` of frame 0 against the real clip's (dB)
-  motion             mean |frame_t - frame_{t-1}| in [-1, 1] units (a static copy gives ~0)
-  motion_error       mean |motion per frame pair of the sample - of the real clip|
+  motion_accuracy    fraction of clips whose ``evaluators.camera_move`` (pan / zoom / static,
+                     from global motion) is the move the caption names
+  dynamic_degree     VBench's fraction of dynamic videos (``evaluators.dynamic_degree``)
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 
@@ -78,6 +83,9 @@ class EvalSampler:
     self.batch = {k: jnp.asarray(v) for k, v in batch.items() if k in ("cond", "text", "image")}
     self.decode, self.every, self.fps = decode, every, fps
     self.max_videos = max_videos
+    n = len(batch["latents"])
+    self.prompts = [str(p) for p in np.asarray(batch.get("caption", [""] * n)).ravel()]
+    self.keys = [str(k) for k in np.asarray(batch.get("key", [""] * n)).ravel()]
     self.noise = jax.random.normal(jax.random.key(seed), np.shape(batch["latents"]), jnp.float32)
     real = _to_unit(decode(np.asarray(batch["latents"])))
     self.image = real[:, 0]  # the condition image as the decoder reproduces it
@@ -90,24 +98,55 @@ class EvalSampler:
     return step == stop or (self.every > 0 and step % self.every == 0)
 
   def __call__(self, step: int, state) -> dict[str, float]:
-    metrics = {}
+    metrics, written = {}, []
     for name, params in (("student", state.params["student"]), ("ema", state.ema)):
       latents = multihost_utils.process_allgather(self._sample(params), tiled=True)
       video = _to_unit(self.decode(np.asarray(latents)))
       scores = evaluators.evaluate(video, self.image, fps=self.fps)
       metrics.update({f"eval/{name}/{k}": v for k, v in scores.items()})
       if jax.process_index() == 0:
-        self._write(step, name, video[: self.max_videos])
+        written += self._write(step, name, video[: self.max_videos])
+    if jax.process_index() == 0:
+      self._write_index(step, written)
     return metrics
 
-  def _write(self, step: int, name: str, videos: np.ndarray) -> None:
+  def _write(self, step: int, name: str, videos: np.ndarray) -> list[dict]:
+    """Writes ``name_<i>.mp4`` and ``name.png``; returns their rows of ``index.json``."""
     folder = os.path.join(self.root, f"step_{step}")
+    rows = []
     for i, video in enumerate(videos):
       video_io.write_mp4(os.path.join(folder, f"{name}_{i}.mp4"), video, fps=self.fps)
-    rows = [video_io.strip(v) for v in videos]
+      rows.append(
+        {
+          "video": f"{name}_{i}.mp4",
+          "strip": f"{name}.png",
+          "strip_row": i,
+          "weights": name,
+          "step": step,
+          "prompt": self.prompts[i],
+          "key": self.keys[i],
+          "condition_image": f"condition_{i}.png",
+        }
+      )
     from PIL import Image
 
-    Image.fromarray(np.concatenate(rows, axis=0)).save(os.path.join(folder, f"{name}.png"))
+    strips = np.concatenate([video_io.strip(v) for v in videos], axis=0)
+    Image.fromarray(strips).save(os.path.join(folder, f"{name}.png"))
+    return rows
+
+  def _write_index(self, step: int, rows: list[dict]) -> None:
+    """``index.json`` (one row per video: its prompt, condition image, weights and step) and
+    the condition images ``condition_<i>.png`` beside the videos."""
+    from PIL import Image
+
+    folder = os.path.join(self.root, f"step_{step}")
+    for i in sorted({r["strip_row"] for r in rows}):
+      Image.fromarray(video_io.to_uint8(self.image[i])).save(
+        os.path.join(folder, f"condition_{i}.png")
+      )
+    info = {"step": step, "fps": self.fps, "videos": rows}
+    with open(os.path.join(folder, "index.json"), "w") as f:
+      json.dump(info, f, indent=1)
 
 
 def from_config(config, workdir: str, dit, eval_batch: dict | None) -> EvalSampler | None:
@@ -126,17 +165,46 @@ def from_config(config, workdir: str, dit, eval_batch: dict | None) -> EvalSampl
 
 
 # --- the toy report ---------------------------------------------------------------------------
-def _toy_metrics(video: np.ndarray, real: np.ndarray) -> dict:
-  """``video`` and ``real`` ``[B, F, H, W, 3]`` in [-1, 1]. PSNR on [0, 1] frames with peak 1 is
-  the same number as on [-1, 1] frames with peak 2 (``10 log10(4 / mse)``)."""
-  psnr = evaluators.first_frame_psnr((video + 1.0) / 2.0, (real[:, 0] + 1.0) / 2.0)
-  motion = np.mean(np.abs(np.diff(video, axis=1)), axis=(2, 3, 4))
-  real_motion = np.mean(np.abs(np.diff(real, axis=1)), axis=(2, 3, 4))
-  return {
-    "first_frame_psnr": float(np.mean(psnr)),  # inf if any sample copies its clip exactly
-    "motion": float(motion.mean()),
-    "motion_error": float(np.abs(motion - real_motion).mean()),
-  }
+def toy_moves(batch: dict) -> list[str] | None:
+  """The camera move of each toy eval clip, from its ``key`` (``photo/move/i``); ``None``
+  without keys."""
+  if "key" not in batch:
+    return None
+  return [str(k).split("/")[1] for k in np.asarray(batch["key"]).ravel()]
+
+
+def toy_metrics(video: np.ndarray, real: np.ndarray, moves: list[str] | None) -> dict:
+  """``video`` and ``real`` ``[B, F, H, W, 3]`` in [-1, 1]; ``moves``: each clip's captioned
+  move. PSNR on [0, 1] frames with peak 1 is the same number as on [-1, 1] frames with peak 2."""
+  video, real = _to_unit(video), _to_unit(real)
+  out = {"first_frame_psnr": float(np.mean(evaluators.first_frame_psnr(video, real[:, 0])))}
+  if moves is not None:
+    out["motion_accuracy"] = evaluators.motion_accuracy(video, moves)
+  out["dynamic_degree"] = float(np.mean(evaluators.dynamic_degree(video).dynamic))
+  return out
+
+
+def teacher_sample(
+  models, params, batch: dict, *, steps: int, shift: float, guidance: float, seed: int = 0
+):
+  """The teacher's ``steps``-step Euler sample (CFG ``guidance`` against ``neg_text``) of
+  ``batch`` from the fixed noise of ``seed``: latents like ``batch['latents']``."""
+  noise = jax.random.normal(jax.random.key(seed), batch["latents"].shape, jnp.float32)
+  run = jax.jit(
+    lambda p: samplers.teacher_euler(
+      models.dit,
+      p,
+      noise,
+      batch["cond"],
+      batch["text"],
+      batch["image"],
+      steps=steps,
+      shift=shift,
+      guidance_scale=guidance,
+      neg_text=batch["neg_text"],
+    )
+  )
+  return run(params)
 
 
 def toy_report(
@@ -150,35 +218,29 @@ def toy_report(
   guidance_scale: float,
   seed: int = 0,
 ) -> dict:
-  """``{'data' | 'teacher_<n>_steps' | 'teacher_1_step' | 'student_1_step': metrics}`` on one
-  eval batch (the teacher at one step is what the student started from)."""
+  """``{'data' | 'teacher_<n>_steps' | 'teacher_1_step' | 'student_1_step': metrics}`` on the
+  eval batch (the teacher at one step is what the student started from); the metrics are
+  :func:`toy_metrics` against the real clips."""
   from pose_jax.data.toy_codec import ToyCodec
 
-  codec = ToyCodec()
+  codec, moves = ToyCodec(), toy_moves(batch)
   noise = jax.random.normal(jax.random.key(seed), batch["latents"].shape, jnp.float32)
   common = (noise, batch["cond"], batch["text"], batch["image"])
-  x_teacher = jax.jit(
-    lambda p: samplers.teacher_euler(
-      models.dit,
-      p,
-      *common,
-      steps=teacher_steps,
-      shift=shift,
-      guidance_scale=guidance_scale,
-      neg_text=batch["neg_text"],
-    )
-  )(teacher)
+  x_teacher = teacher_sample(
+    models, teacher, batch, steps=teacher_steps, shift=shift, guidance=guidance_scale, seed=seed
+  )
   one_step = jax.jit(lambda p: samplers.student(models.dit, p, *common))
   x_student, x_teacher_1 = one_step(state.params["student"]), one_step(teacher)
-  real = np.asarray(codec.decode(np.asarray(batch["latents"])))
-  out = {"data": _toy_metrics(real, real)}
+  decode = lambda x: np.clip(np.asarray(codec.decode(np.asarray(x, np.float32))), -1, 1)
+  real = decode(batch["latents"])
+  out = {"data": toy_metrics(real, real, moves)}
   runs = (
     (f"teacher_{teacher_steps}_steps", x_teacher),
     ("teacher_1_step", x_teacher_1),
     ("student_1_step", x_student),
   )
   for name, x in runs:
-    out[name] = _toy_metrics(np.clip(np.asarray(codec.decode(np.asarray(x))), -1, 1), real)
+    out[name] = toy_metrics(decode(x), real, moves)
   return out
 
 
@@ -195,6 +257,8 @@ def print_toy_report(config, models, state, teacher, batch: dict | None) -> None
     shift=config.pose.flow_shift,
     guidance_scale=config.pose.cfg_real,
   )
-  print("one-step samples on held-out photos (toy codec, decoded):")
+  n = len(batch["latents"])
+  print(f"samples of the {n} held-out clips (toy codec, decoded; motion_accuracy: the camera move")
+  print("named by evaluators.camera_move equals the caption's; teacher with CFG):")
   for name, m in report.items():
     print(f"  {name:18s} " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))

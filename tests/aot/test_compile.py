@@ -74,7 +74,7 @@ def test_toy_config_compiles_every_phase_for_a_tpu_slice(tmp_path):
   assert report["topology"]["devices"] == 8 and report["topology"]["device_kind"] == "TPU v6 lite"
   assert set(report["phases"]) == {"pretrain", "priming", "equilibrium", "sample"}
   assert report["flops_convention"] == "analytic-mfu (see pose_jax.aot.flops)"
-  assert report["config"]["height"] == report["config"]["width"] == 48  # toy: data.size
+  assert report["config"]["height"] == report["config"]["width"] == 32  # toy: data.size
   for name, p in report["phases"].items():
     assert p["fits"], name
     for key in ("argument_bytes", "output_bytes", "peak_bytes", "model_flops"):

@@ -2,6 +2,7 @@
 checkpointed state) and the toy dataset + codec."""
 
 import functools
+import json
 import os
 
 import grain
@@ -10,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from pose_jax import evaluators as ev
 from pose_jax.data import (
   ExampleError,
   SyntheticSource,
@@ -20,6 +22,7 @@ from pose_jax.data import (
   read_meta,
   records,
   toy,
+  toy_codec,
   write_dataset,
 )
 from pose_jax.data.toy_codec import ToyCodec
@@ -195,14 +198,17 @@ def small_toy(monkeypatch):
 def test_toy_data_follows_the_config(tmp_path, capsys, small_toy):
   workdir, root = str(tmp_path), str(tmp_path / "data")
   it, eval_batch = from_config(data_config(), workdir)  # the smallest toy clips
-  assert next(it)["latents"].shape == (2, 2, 8, 8, 3) and eval_batch["latents"].shape[2] == 8
+  assert next(it)["latents"].shape == (2, 5, 4, 4, 48) and eval_batch["latents"].shape[2] == 4
   it.close()  # its threads must not read the shards being replaced
   assert (
     capsys.readouterr().out == f"data: building toy clips in {root} (size=16, frames=5, seed=0)\n"
   )
   it, eval_batch = from_config(data_config(size=32), workdir)
-  assert next(it)["latents"].shape == (2, 2, 16, 16, 3)
-  assert eval_batch["latents"].shape == (8, 2, 16, 16, 3)
+  assert next(it)["latents"].shape == (2, 5, 8, 8, 48)
+  n_eval = len(toy.HOLDOUT) * len(toy.MOVES)  # toy: every held-out clip, with its strings
+  assert eval_batch["latents"].shape == (n_eval, 5, 8, 8, 48)
+  assert [str(k).split("/")[1] for k in eval_batch["key"][:2]] == list(toy.MOVES)[:2]
+  assert str(eval_batch["caption"][0]) == toy.caption(toy.HOLDOUT[0], "pan_left")
   it.close()
   assert capsys.readouterr().out == (
     f"data: {root} was built with size=16 frames=5; config asks size=32 frames=5: rebuilding\n"
@@ -210,7 +216,7 @@ def test_toy_data_follows_the_config(tmp_path, capsys, small_toy):
   assert read_meta(os.path.join(root, "train"))["size"] == 32
   mtime = os.path.getmtime(os.path.join(root, "train", "meta.json"))
   it, _ = from_config(data_config(size=32), workdir)  # same config: kept
-  assert next(it)["latents"].shape == (2, 2, 16, 16, 3) and capsys.readouterr().out == ""
+  assert next(it)["latents"].shape == (2, 5, 8, 8, 48) and capsys.readouterr().out == ""
   assert os.path.getmtime(os.path.join(root, "train", "meta.json")) == mtime
   assert sorted(os.listdir(tmp_path)) == ["data"]  # no build dirs left beside it
 
@@ -232,10 +238,8 @@ def test_interrupted_toy_build_is_not_taken_for_data(tmp_path, monkeypatch, caps
   write_dataset(str(tmp_path / "data" / "train"), (SRC[i] for i in range(4)), size=16, frames=5)
   capsys.readouterr()
   it, _ = from_config(data_config(), str(tmp_path))  # meta lacks seed: not what was asked
-  assert "was built with size=16 frames=5 seed=None; config asks size=16 frames=5 seed=0" in (
-    capsys.readouterr().out
-  )
-  assert next(it)["latents"].shape == (2, 2, 8, 8, 3)
+  assert "was built with size=16 frames=5 seed=None codec_version=None" in capsys.readouterr().out
+  assert next(it)["latents"].shape == (2, 5, 4, 4, 48)
   assert sorted(os.listdir(tmp_path)) == ["data"]  # the stale build removed
 
 
@@ -253,27 +257,21 @@ def test_records_must_match_the_config(shard_dir, tmp_path):
     from_config(bad_eval, str(tmp_path))  # shard_dir's meta has no frames: not checked
 
 
-# --- toy codec ----------------------------------------------------------------------------------
-def test_toy_codec_round_trip():
-  codec = ToyCodec()
-  t, y, x = np.meshgrid(np.arange(9), np.arange(16), np.arange(20), indexing="ij")
-  smooth = np.stack([np.sin(0.1 * x + 0.05 * t), np.cos(0.08 * y - 0.03 * t), 0.01 * (x + y)], -1)
-  smooth = smooth[None].astype(np.float32)
-  latents = codec.encode(smooth)
-  assert latents.shape == (1, 3, 8, 10, 3)
-  assert np.abs(codec.decode(latents) - smooth).max() < 0.1
-  blocky = np.repeat(
-    np.repeat(np.random.default_rng(0).uniform(-1, 1, (2, 9, 8, 10, 3)), 2, 2), 2, 3
-  )
-  back = codec.decode(codec.encode(blocky.astype(np.float32)))
-  np.testing.assert_allclose(back[:, ::4], blocky[:, ::4], atol=1e-6)  # key frames exact
-  cond = codec.condition(smooth[:, 0], 9)
-  assert cond.shape == (1, 3, 8, 10, 7)
-  assert np.all(cond[:, 0, ..., :4] == 1) and np.all(cond[:, 1:, ..., :4] == 0)
-  np.testing.assert_array_equal(cond[:, 0, ..., 4:], latents[:, 0])
-  assert np.all(cond[:, 1:, ..., 4:] == 0)
-  with pytest.raises(ValueError, match="T = 1 \\+ 4k"):
-    codec.encode(smooth[:, :8])
+# --- toy codec (tests/data/test_toy_codec.py) -------------------------------------------------
+def test_toy_data_of_another_codec_is_rebuilt(tmp_path, capsys, small_toy):
+  workdir, root = str(tmp_path), str(tmp_path / "data")
+  from_config(data_config(), workdir)[0].close()
+  meta_path = os.path.join(root, "train", "meta.json")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  assert meta["codec_version"] == toy_codec.VERSION and meta["spatial_factor"] == 4
+  with open(meta_path, "w") as f:  # what codec v1 (keyframes + cross-fade) wrote
+    json.dump({**meta, "codec_version": 1, "spatial_factor": 2}, f)
+  capsys.readouterr()
+  it, _ = from_config(data_config(), workdir)
+  assert "codec_version=1 spatial_factor=2" in capsys.readouterr().out
+  assert next(it)["latents"].shape == (2, 5, 4, 4, 48)
+  assert read_meta(os.path.join(root, "train"))["codec_version"] == toy_codec.VERSION
 
 
 # --- toy dataset --------------------------------------------------------------------------------
@@ -301,35 +299,41 @@ def test_toy_dataset_splits_and_captions(toy_dir):
   for key, ex in {**train, **held}.items():
     photo, move, _ = key.split("/")
     assert ex["caption"] == f"a photo of {toy.PHOTOS[photo]}, {toy.MOVES[move]}"
-  assert metas["train"]["in_channels"] == 10 and metas["train"]["shapes"]["latents"] == [
-    3,
-    16,
-    16,
-    3,
-  ]
+  assert metas["train"]["in_channels"] == 2 * 48 + 4 and metas["train"]["out_channels"] == 48
+  assert metas["train"]["shapes"]["latents"] == [9, 8, 8, 48]
   # Conditions differ per caption and per photo (random encoders still separate them).
   a, b, c = train["astronaut/pan_left/0"], train["astronaut/zoom_in/0"], train["rocket/pan_left/0"]
   assert np.abs(a["text"] - b["text"]).max() > 1e-3 and np.abs(a["image"] - c["image"]).max() > 1e-3
   np.testing.assert_array_equal(a["cond"][0, ..., 4:], a["latents"][0])
+  assert np.all(a["cond"][1:] == 0) and np.all(a["cond"][0, ..., :4] == 1)
 
 
 def test_toy_motion_is_real(toy_dir):
+  """Every frame is in the latents; decoded, each clip moves as its caption says."""
   train = toy_examples(os.path.join(toy_dir[0], "train"))
-  shift = 8 * toy.pan_speed(32) // 2  # video frame 8 = latent frame 2, 2x pooled
-  lat = lambda move: train[f"astronaut/{move}/0"]["latents"]
-  first, last = lat("pan_left")[0], lat("pan_left")[2]
-  np.testing.assert_array_equal(last[:, shift:], first[:, :-shift])  # content slides right
-  first, last = lat("pan_up")[0], lat("pan_up")[2]
-  np.testing.assert_array_equal(last[shift:], first[:-shift])  # content slides down
-  assert np.abs(lat("pan_left")[2] - lat("pan_left")[0]).mean() > 0.05
-  assert np.array_equal(lat("static")[0], lat("static")[2])
-  assert np.abs(lat("zoom_in")[2] - lat("zoom_in")[0]).mean() > 0.05
+  codec, v = ToyCodec(), toy.pan_speed(32)
+  video = lambda move: codec.decode(train[f"astronaut/{move}/0"]["latents"][None])[0]
+  pan = video("pan_left")
+  np.testing.assert_array_equal(pan[8][:, 8 * v :], pan[0][:, : -8 * v])  # content slides right
+  np.testing.assert_array_equal(pan[1][:, v:], pan[0][:, :-v])  # frame 1 too: no cross-fade
+  pan = video("pan_up")
+  np.testing.assert_array_equal(pan[8][8 * v :], pan[0][: -8 * v])  # content slides down
+  assert np.array_equal(video("static")[0], video("static")[8])
+  moves = [k.split("/")[1] for k in sorted(train) if k.startswith("astronaut/")]
+  videos = np.stack(
+    [
+      codec.decode(train[k]["latents"][None])[0]
+      for k in sorted(train)
+      if k.startswith("astronaut/")
+    ]
+  )
+  assert list(ev.camera_move((videos + 1) / 2).move) == moves
 
 
 def test_toy_pipeline_batches(toy_dir):
   path = os.path.join(toy_dir[0], "train")
   batch = next(make_iterator(path, 4, process_index=0, process_count=1))
-  assert batch["latents"].shape == (4, 3, 16, 16, 3) and batch["cond"].shape == (4, 3, 16, 16, 7)
+  assert batch["latents"].shape == (4, 9, 8, 8, 48) and batch["cond"].shape == (4, 9, 8, 8, 52)
   assert batch["text"].shape == batch["neg_text"].shape == (4, toy.TEXT_LENGTH, 32)
   assert batch["image"].shape == (4, 17, 32)
   assert batch["neg_text"][0, 1:].max() == 0 and np.abs(batch["neg_text"][0, 0]).max() > 0

@@ -46,7 +46,7 @@ def test_config_changes_allows_schedules_logging_and_later_phases():
   [
     (lambda c: c["model"].update(num_layers=3), "config.model.num_layers: 4 -> 3"),
     (lambda c: c["pose"].update(lam_cons=3.0), "config.pose.lam_cons: 10.0 -> 3.0"),
-    (lambda c: c["data"].update(size=64), "config.data.size: 48 -> 64"),
+    (lambda c: c["data"].update(size=64), "config.data.size: 32 -> 64"),
     (lambda c: c.update(seed=1), "config.seed: 0 -> 1"),
     (lambda c: c["optim"]["student"].update(clip=0.0), "config.optim.student.clip: 1.0 -> 0.0"),
     (lambda c: c["optim"].update(freeze=["^x"]), "config.optim.freeze: [] -> ['^x']"),
