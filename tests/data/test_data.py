@@ -337,3 +337,15 @@ def test_toy_pipeline_batches(toy_dir):
   assert batch["text"].shape == batch["neg_text"].shape == (4, toy.TEXT_LENGTH, 32)
   assert batch["image"].shape == (4, 17, 32)
   assert batch["neg_text"][0, 1:].max() == 0 and np.abs(batch["neg_text"][0, 0]).max() > 0
+
+
+def test_synthetic_source_defaults_are_the_toy_runs_shapes():
+  """The end-to-end tests feed SyntheticSource() to the toy config: its shapes must be the toy
+  data's (configs/toy_i2v.py through the toy codec)."""
+  from pose_jax.data.toy_codec import ToyCodec
+  from tests.helpers.tiny import load_config
+
+  config, codec = load_config("toy_i2v"), ToyCodec()
+  side = config.data.size // codec.spatial_factor
+  assert SyntheticSource().latent_shape == (config.data.frames, side, side, codec.z_dim)
+  assert config.model.in_channels == 2 * codec.z_dim + 4
