@@ -221,9 +221,7 @@ def toy_report(
   """``{'data' | 'teacher_<n>_steps' | 'teacher_1_step' | 'student_1_step': metrics}`` on the
   eval batch (the teacher at one step is what the student started from); the metrics are
   :func:`toy_metrics` against the real clips."""
-  from pose_jax.data.toy_codec import ToyCodec
-
-  codec, moves = ToyCodec(), toy_moves(batch)
+  decode, moves = toy_decoder(), toy_moves(batch)  # toy_metrics clips to [-1, 1]
   noise = jax.random.normal(jax.random.key(seed), batch["latents"].shape, jnp.float32)
   common = (noise, batch["cond"], batch["text"], batch["image"])
   x_teacher = teacher_sample(
@@ -231,7 +229,6 @@ def toy_report(
   )
   one_step = jax.jit(lambda p: samplers.student(models.dit, p, *common))
   x_student, x_teacher_1 = one_step(state.params["student"]), one_step(teacher)
-  decode = lambda x: np.clip(np.asarray(codec.decode(np.asarray(x, np.float32))), -1, 1)
   real = decode(batch["latents"])
   out = {"data": toy_metrics(real, real, moves)}
   runs = (
