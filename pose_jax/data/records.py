@@ -138,8 +138,9 @@ def read_meta(data_dir: str) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class SyntheticSource:
   """Random examples of the given shapes, deterministic per ``(seed, index)``; no files.
-  Defaults are the toy run's shapes (9 frames of 32 px through the toy codec: 8 x 8 latents of
-  Z = 48; 16 text tokens).
+
+  Defaults are the toy run's shapes (5 frames of 32 px through the toy codec at factor 2:
+  16 x 16 latents of Z = 12; 16 text tokens).
 
   ``cond`` is consistent with the real layout: mask ones on latent frame 0, and latent frame 0
   of ``latents`` as the condition (later frames zero). ``text`` rows past a random length are
@@ -147,7 +148,7 @@ class SyntheticSource:
   """
 
   num_examples: int = 64
-  latent_shape: tuple[int, int, int, int] = (9, 8, 8, 48)  # [N, h, w, Z]: the toy run's
+  latent_shape: tuple[int, int, int, int] = (5, 16, 16, 12)  # [N, h, w, Z]: the toy run's
   image_shape: tuple[int, int] = (17, 32)  # [M, Di]
   text_shape: tuple[int, int] = (16, 32)  # [S, Dt]
   seed: int = 0

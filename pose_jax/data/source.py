@@ -27,9 +27,11 @@ import jax
 import ml_collections
 
 from pose_jax.data import records
+from pose_jax.data.toy_codec import ToyCodec
 
 EVAL_EXAMPLES = 8
-TOY_KEYS = ("clips_per_move", "flips")  # toy-only config.data keys (configs/toy_i2v.py adds them)
+# toy-only config.data keys (configs/toy_i2v.py adds them)
+TOY_KEYS = ("clips_per_move", "flips", "footage")
 BUILDING = ".building-"  # <root>.building-XXXX: a toy build in progress (or an interrupted one)
 # config.data key -> what the shards hold, given the value their meta.json records
 KEYS = {"frames": "{} frames", "height": "frames {} px high", "width": "frames {} px wide"}
@@ -48,7 +50,12 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> tuple:
       root = os.path.join(root, f"process_{jax.process_index()}")
     toy_keys = {k: config.data[k] for k in TOY_KEYS if k in config.data}
     ensure_toy_data(
-      root, size=config.data.size, frames=config.data.frames, seed=config.seed, **toy_keys
+      root,
+      ToyCodec.from_config(config.data),
+      size=config.data.size,
+      frames=config.data.frames,
+      seed=config.seed,
+      **toy_keys,
     )
     train_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
   else:
@@ -68,15 +75,13 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> tuple:
   return iterator, eval_batch
 
 
-def ensure_toy_data(root: str, **built_with) -> bool:
+def ensure_toy_data(root: str, codec: ToyCodec, **built_with) -> bool:
   """Builds the toy clips in ``root`` unless its ``train/meta.json`` records ``built_with``
   (``size``, ``frames``, ``seed``: every argument of ``toy.build_dataset`` a config sets) and
-  the current toy codec's ``meta()`` (its version and factor); returns whether it built. A build
-  is written beside ``root`` and renamed into place when complete, so an interrupted one is
-  never taken for valid data."""
-  from pose_jax.data.toy_codec import ToyCodec
-
-  want = {**built_with, **ToyCodec().meta()}
+  ``codec.meta()`` (its version, factor and condition); returns whether it built. A build is
+  written beside ``root`` and renamed into place when complete, so an interrupted one is never
+  taken for valid data."""
+  want = {**built_with, **codec.meta()}
   meta_path = os.path.join(root, "train", records.META)
   meta = records.read_meta(os.path.join(root, "train")) if os.path.isfile(meta_path) else None
   if meta is not None:
@@ -98,7 +103,7 @@ def ensure_toy_data(root: str, **built_with) -> bool:
     shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted build
   tmp, old = (os.path.join(parent, f"{name}{BUILDING}{s}{os.getpid()}") for s in ("", "old-"))
   try:
-    toy.build_dataset(tmp, **built_with)
+    toy.build_dataset(tmp, codec=codec, **built_with)
     if os.path.exists(root):  # old data out of the way first: root is then absent, not stale
       os.rename(root, old)
     os.rename(tmp, root)

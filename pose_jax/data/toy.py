@@ -154,11 +154,15 @@ def to_unit(video: np.ndarray) -> np.ndarray:
 
 # --- conditioning encoders --------------------------------------------------------------------
 def vocabulary() -> list[str]:
-  """Special tokens, then every word of every possible caption (sorted): fixed by the tables."""
+  """Special tokens, then every word of every possible caption, the footage's too (sorted):
+  fixed by the tables."""
   from tokenizers import pre_tokenizers
 
   split = pre_tokenizers.Whitespace().pre_tokenize_str
-  words = {w for p in PHOTOS for m in MOVES for w, _ in split(caption(p, m))}
+  from pose_jax.data.footage import FOOTAGE
+
+  captions = [caption(p, m) for p in PHOTOS for m in MOVES] + [c for _, c in FOOTAGE.values()]
+  words = {w for c in captions for w, _ in split(c)}
   return [*SPECIAL_TOKENS, *sorted(words)]
 
 
@@ -258,17 +262,22 @@ def build_dataset(
   shard_size: int = 128,
   eval_clips_per_move: int = 1,
   flips: bool = False,
+  codec: ToyCodec | None = None,
+  footage: bool = False,
 ) -> dict[str, dict[str, Any]]:
   """Writes ``out_dir/train`` and ``out_dir/eval`` (shards + meta + neg_text); returns the
   metas. ``eval`` holds the ``holdout`` photos (not written if there are none), ``train`` the
   rest; each photo gets every move, ``clips_per_move`` (eval: ``eval_clips_per_move``) times;
-  ``flips``: training clips from mirrored and turned photos (:func:`make_clips`)."""
+  ``flips``: training clips from mirrored and turned photos (:func:`make_clips`); ``codec``
+  (default ``ToyCodec()``) makes the latents and the condition; ``footage``: each split also
+  holds the windows of real footage of its time ranges (:func:`footage.footage_clips`), after
+  the photo clips."""
   unknown = set(holdout) - set(PHOTOS)
   if unknown:
     raise ValueError(f"unknown holdout photo(s) {sorted(unknown)}; choose from {list(PHOTOS)}")
   if size % 16 or frames < 5 or (frames - 1) % 4:
     raise ValueError(f"size={size} must be a multiple of 16 and frames={frames} 1 + 4k (k >= 1)")
-  codec, enc = ToyCodec(), ToyEncoders.create(seed)
+  codec, enc = codec or ToyCodec(), ToyEncoders.create(seed)
   if size % codec.spatial_factor:
     raise ValueError(f"size={size} must be a multiple of the codec's {codec.spatial_factor}")
   neg_text = enc.encode_text([""])[0][0]
@@ -281,6 +290,10 @@ def build_dataset(
     if not photos or per_move < 1:
       continue
     clips = make_clips(photos, size, frames, per_move, seed, flips and split == "train")
+    if footage:
+      from pose_jax.data.footage import footage_clips
+
+      clips += footage_clips(size, frames, split, seed)
     videos = to_unit(np.stack([c[2] for c in clips]))
     captions = [c[1] for c in clips]
     latents, cond = codec.encode(videos), codec.condition(videos[:, 0], frames)
@@ -307,6 +320,7 @@ def build_dataset(
       **codec.meta(),
       clips_per_move=clips_per_move,
       flips=flips,
+      footage=footage,
       size=size,
       frames=frames,
       photos=photos,

@@ -26,8 +26,9 @@ from einops import rearrange
 
 from pose_jax.data.example import MASK_CHANNELS
 
-SPATIAL_FACTOR = 4  # 48 px toy frames -> 12 x 12 latents -> 6 x 6 tokens per frame (patch 2)
+SPATIAL_FACTOR = 2  # the default (configs/toy_i2v.py: data.codec_factor)
 VERSION = 2  # 1: keyframes 0, 4, 8 + 2x2 mean pool, cross-fade decode; 2: lossless, all frames
+CONDITIONS = ("first", "every")  # the condition latent: on latent frame 0 only, or on every frame
 
 
 def _xp(x: Any):
@@ -40,12 +41,26 @@ class ToyCodec:
 
   spatial_factor: int = SPATIAL_FACTOR
   scale: float = 1.0
+  condition_frames: str = "first"
 
   def __post_init__(self):
     if self.spatial_factor < 1 or self.scale <= 0:
       raise ValueError(
         f"toy codec: spatial_factor={self.spatial_factor} must be >= 1, scale={self.scale} > 0"
       )
+    if self.condition_frames not in CONDITIONS:
+      raise ValueError(
+        f"toy codec: condition_frames={self.condition_frames!r}: choose one of {CONDITIONS}"
+      )
+
+  @classmethod
+  def from_config(cls, data) -> ToyCodec:
+    """The codec ``config.data`` asks for (``codec_factor``, ``codec_condition``; defaults
+    where a config has no such key)."""
+    return cls(
+      spatial_factor=data.get("codec_factor", SPATIAL_FACTOR),
+      condition_frames=data.get("codec_condition", "first"),
+    )
 
   @property
   def z_dim(self) -> int:
@@ -57,7 +72,12 @@ class ToyCodec:
 
   def meta(self) -> dict[str, Any]:
     """What the toy data's ``meta.json`` records of the codec (a change rebuilds the data)."""
-    return {"codec_version": VERSION, "spatial_factor": self.spatial_factor, "scale": self.scale}
+    return {
+      "codec_version": VERSION,
+      "spatial_factor": self.spatial_factor,
+      "scale": self.scale,
+      "condition_frames": self.condition_frames,
+    }
 
   def encode(self, video: Any) -> Any:
     f = self.spatial_factor
@@ -76,11 +96,17 @@ class ToyCodec:
     return rearrange(latents / self.scale, "b t h w (p q c) -> b t (h p) (w q) c", p=f, q=f)
 
   def condition(self, first_frame: Any, num_frames: int) -> Any:
-    """``cond [B, T, h, w, 4 + Z]`` from first frames ``[B, H, W, 3]``: the real layout (mask
-    ones on latent frame 0, then the latent of the video [first frame, 0, ..., 0])."""
+    """``cond [B, T, h, w, 4 + Z]`` from first frames ``[B, H, W, 3]``: mask ones on latent
+    frame 0, then the latent of the video [first frame, 0, ..., 0] (``condition_frames="first"``:
+    the Wan I2V layout) or [first frame] * T (``"every"``: each frame's tokens see the image at
+    their own place, as Stable Video Diffusion conditions)."""
     xp = _xp(first_frame)
-    video = xp.zeros((first_frame.shape[0], num_frames, *first_frame.shape[1:]), first_frame.dtype)
-    video = video.at[:, 0].set(first_frame) if xp is jnp else _set_first(video, first_frame)
+    shape = (first_frame.shape[0], num_frames, *first_frame.shape[1:])
+    if self.condition_frames == "every":
+      video = xp.broadcast_to(first_frame[:, None], shape)
+    else:
+      video = xp.zeros(shape, first_frame.dtype)
+      video = video.at[:, 0].set(first_frame) if xp is jnp else _set_first(video, first_frame)
     lat = self.encode(video)
     mask = xp.zeros((*lat.shape[:-1], MASK_CHANNELS), lat.dtype)
     mask = mask.at[:, 0].set(1.0) if xp is jnp else _set_first(mask, 1.0)
@@ -92,4 +118,4 @@ def _set_first(x: np.ndarray, value: Any) -> np.ndarray:
   return x
 
 
-__all__ = ["SPATIAL_FACTOR", "VERSION", "ToyCodec"]
+__all__ = ["CONDITIONS", "SPATIAL_FACTOR", "VERSION", "ToyCodec"]

@@ -39,10 +39,11 @@ from pose_jax.sampling import samplers, video_io
 Decode = Callable[[np.ndarray], np.ndarray]  # latents [B,N,h,w,Z] -> video [B,F,H,W,3] in [-1,1]
 
 
-def toy_decoder() -> Decode:
+def toy_decoder(data_config) -> Decode:
+  """The toy codec's decoder for ``config.data`` (:meth:`ToyCodec.from_config`)."""
   from pose_jax.data.toy_codec import ToyCodec
 
-  codec = ToyCodec()
+  codec = ToyCodec.from_config(data_config)
   return lambda latents: np.asarray(codec.decode(np.asarray(latents, np.float32)))
 
 
@@ -155,7 +156,7 @@ def from_config(config, workdir: str, dit, eval_batch: dict | None) -> EvalSampl
   if eval_batch is None:
     return None
   if config.data.kind == "toy":
-    decode = toy_decoder()
+    decode = toy_decoder(config.data)
   elif config.eval.pipeline:
     decode = vae_decoder(config.eval.pipeline)
   else:
@@ -165,22 +166,32 @@ def from_config(config, workdir: str, dit, eval_batch: dict | None) -> EvalSampl
 
 
 # --- the toy report ---------------------------------------------------------------------------
-def toy_moves(batch: dict) -> list[str] | None:
-  """The camera move of each toy eval clip, from its ``key`` (``photo/move/i``); ``None``
-  without keys."""
+def toy_moves(batch: dict) -> list[str | None] | None:
+  """The camera move of each toy eval clip, from its ``key`` (``photo/move/i``; ``None`` for
+  real footage, ``footage/...``); ``None`` without keys."""
   if "key" not in batch:
     return None
-  return [str(k).split("/")[1] for k in np.asarray(batch["key"]).ravel()]
+  keys = [str(k) for k in np.asarray(batch["key"]).ravel()]
+  return [None if k.startswith("footage/") else k.split("/")[1] for k in keys]
 
 
-def toy_metrics(video: np.ndarray, real: np.ndarray, moves: list[str] | None) -> dict:
+def toy_metrics(video: np.ndarray, real: np.ndarray, moves: list[str | None] | None) -> dict:
   """``video`` and ``real`` ``[B, F, H, W, 3]`` in [-1, 1]; ``moves``: each clip's captioned
-  move. PSNR on [0, 1] frames with peak 1 is the same number as on [-1, 1] frames with peak 2."""
+  move (:func:`toy_moves`). The photo clips give ``first_frame_psnr``, ``motion_accuracy`` and
+  ``dynamic_degree``; real footage (move ``None``), if any, ``footage_first_frame_psnr`` and
+  ``footage_dynamic_degree``. PSNR on [0, 1] frames with peak 1 is the same number as on
+  [-1, 1] frames with peak 2."""
   video, real = _to_unit(video), _to_unit(real)
-  out = {"first_frame_psnr": float(np.mean(evaluators.first_frame_psnr(video, real[:, 0])))}
-  if moves is not None:
-    out["motion_accuracy"] = evaluators.motion_accuracy(video, moves)
-  out["dynamic_degree"] = float(np.mean(evaluators.dynamic_degree(video).dynamic))
+  photo = np.ones(len(video), bool) if moves is None else np.array([m is not None for m in moves])
+  out = {}
+  for prefix, rows in (("", photo), ("footage_", ~photo)):
+    if not rows.any():
+      continue
+    v, r = video[rows], real[rows]
+    out[f"{prefix}first_frame_psnr"] = float(np.mean(evaluators.first_frame_psnr(v, r[:, 0])))
+    if not prefix and moves is not None:
+      out["motion_accuracy"] = evaluators.motion_accuracy(v, [m for m in moves if m is not None])
+    out[f"{prefix}dynamic_degree"] = float(np.mean(evaluators.dynamic_degree(v).dynamic))
   return out
 
 
@@ -213,6 +224,7 @@ def toy_report(
   teacher,
   batch: dict,
   *,
+  decode: Decode,
   teacher_steps: int,
   shift: float,
   guidance_scale: float,
@@ -220,8 +232,8 @@ def toy_report(
 ) -> dict:
   """``{'data' | 'teacher_<n>_steps' | 'teacher_1_step' | 'student_1_step': metrics}`` on the
   eval batch (the teacher at one step is what the student started from); the metrics are
-  :func:`toy_metrics` against the real clips."""
-  decode, moves = toy_decoder(), toy_moves(batch)  # toy_metrics clips to [-1, 1]
+  :func:`toy_metrics` against the real clips, both decoded by ``decode``."""
+  moves = toy_moves(batch)  # toy_metrics clips to [-1, 1]
   noise = jax.random.normal(jax.random.key(seed), batch["latents"].shape, jnp.float32)
   common = (noise, batch["cond"], batch["text"], batch["image"])
   x_teacher = teacher_sample(
@@ -250,6 +262,7 @@ def print_toy_report(config, models, state, teacher, batch: dict | None) -> None
     state,
     teacher,
     batch,
+    decode=toy_decoder(config.data),
     teacher_steps=config.eval.teacher_steps,
     shift=config.pose.flow_shift,
     guidance_scale=config.pose.cfg_real,

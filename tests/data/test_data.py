@@ -198,15 +198,15 @@ def small_toy(monkeypatch):
 def test_toy_data_follows_the_config(tmp_path, capsys, small_toy):
   workdir, root = str(tmp_path), str(tmp_path / "data")
   it, eval_batch = from_config(data_config(), workdir)  # the smallest toy clips
-  assert next(it)["latents"].shape == (2, 5, 4, 4, 48) and eval_batch["latents"].shape[2] == 4
+  assert next(it)["latents"].shape == (2, 5, 8, 8, 12) and eval_batch["latents"].shape[2] == 8
   it.close()  # its threads must not read the shards being replaced
   assert (
     capsys.readouterr().out == f"data: building toy clips in {root} (size=16, frames=5, seed=0)\n"
   )
   it, eval_batch = from_config(data_config(size=32), workdir)
-  assert next(it)["latents"].shape == (2, 5, 8, 8, 48)
+  assert next(it)["latents"].shape == (2, 5, 16, 16, 12)
   n_eval = len(toy.HOLDOUT) * len(toy.MOVES)  # toy: every held-out clip, with its strings
-  assert eval_batch["latents"].shape == (n_eval, 5, 8, 8, 48)
+  assert eval_batch["latents"].shape == (n_eval, 5, 16, 16, 12)
   assert [str(k).split("/")[1] for k in eval_batch["key"][:2]] == list(toy.MOVES)[:2]
   assert str(eval_batch["caption"][0]) == toy.caption(toy.HOLDOUT[0], "pan_left")
   it.close()
@@ -216,7 +216,7 @@ def test_toy_data_follows_the_config(tmp_path, capsys, small_toy):
   assert read_meta(os.path.join(root, "train"))["size"] == 32
   mtime = os.path.getmtime(os.path.join(root, "train", "meta.json"))
   it, _ = from_config(data_config(size=32), workdir)  # same config: kept
-  assert next(it)["latents"].shape == (2, 5, 8, 8, 48) and capsys.readouterr().out == ""
+  assert next(it)["latents"].shape == (2, 5, 16, 16, 12) and capsys.readouterr().out == ""
   assert os.path.getmtime(os.path.join(root, "train", "meta.json")) == mtime
   assert sorted(os.listdir(tmp_path)) == ["data"]  # no build dirs left beside it
 
@@ -224,7 +224,7 @@ def test_toy_data_follows_the_config(tmp_path, capsys, small_toy):
 def test_interrupted_toy_build_is_not_taken_for_data(tmp_path, monkeypatch, capsys, small_toy):
   small = toy.build_dataset
 
-  def interrupted(out_dir, **kw):  # train written (meta and all), then killed before eval
+  def interrupted(out_dir, codec, **kw):  # train written (meta and all), then killed before eval
     write_dataset(os.path.join(out_dir, "train"), (SRC[i] for i in range(4)), **kw)
     raise KeyboardInterrupt
 
@@ -239,7 +239,7 @@ def test_interrupted_toy_build_is_not_taken_for_data(tmp_path, monkeypatch, caps
   capsys.readouterr()
   it, _ = from_config(data_config(), str(tmp_path))  # meta lacks seed: not what was asked
   assert "was built with size=16 frames=5 seed=None codec_version=None" in capsys.readouterr().out
-  assert next(it)["latents"].shape == (2, 5, 4, 4, 48)
+  assert next(it)["latents"].shape == (2, 5, 8, 8, 12)
   assert sorted(os.listdir(tmp_path)) == ["data"]  # the stale build removed
 
 
@@ -264,13 +264,19 @@ def test_toy_data_of_another_codec_is_rebuilt(tmp_path, capsys, small_toy):
   meta_path = os.path.join(root, "train", "meta.json")
   with open(meta_path) as f:
     meta = json.load(f)
-  assert meta["codec_version"] == toy_codec.VERSION and meta["spatial_factor"] == 4
+  assert meta["codec_version"] == toy_codec.VERSION and meta["spatial_factor"] == 2
   with open(meta_path, "w") as f:  # what codec v1 (keyframes + cross-fade) wrote
-    json.dump({**meta, "codec_version": 1, "spatial_factor": 2}, f)
+    json.dump({**meta, "codec_version": 1, "spatial_factor": 4}, f)
   capsys.readouterr()
   it, _ = from_config(data_config(), workdir)
-  assert "codec_version=1 spatial_factor=2" in capsys.readouterr().out
-  assert next(it)["latents"].shape == (2, 5, 4, 4, 48)
+  assert "codec_version=1 spatial_factor=4" in capsys.readouterr().out
+  assert next(it)["latents"].shape == (2, 5, 8, 8, 12)
+  it.close()
+  it, _ = from_config(data_config(codec_factor=4, codec_condition="every"), workdir)
+  assert "spatial_factor=2 condition_frames=first" in capsys.readouterr().out
+  batch = next(it)
+  assert batch["latents"].shape == (2, 5, 4, 4, 48)
+  np.testing.assert_array_equal(batch["cond"][:, 4, ..., 4:], batch["latents"][:, 0])
   assert read_meta(os.path.join(root, "train"))["codec_version"] == toy_codec.VERSION
 
 
@@ -299,8 +305,8 @@ def test_toy_dataset_splits_and_captions(toy_dir):
   for key, ex in {**train, **held}.items():
     photo, move, _ = key.split("/")
     assert ex["caption"] == f"a photo of {toy.PHOTOS[photo]}, {toy.MOVES[move]}"
-  assert metas["train"]["in_channels"] == 2 * 48 + 4 and metas["train"]["out_channels"] == 48
-  assert metas["train"]["shapes"]["latents"] == [9, 8, 8, 48]
+  assert metas["train"]["in_channels"] == 2 * 12 + 4 and metas["train"]["out_channels"] == 12
+  assert metas["train"]["shapes"]["latents"] == [9, 16, 16, 12]
   # Conditions differ per caption and per photo (random encoders still separate them).
   a, b, c = train["astronaut/pan_left/0"], train["astronaut/zoom_in/0"], train["rocket/pan_left/0"]
   assert np.abs(a["text"] - b["text"]).max() > 1e-3 and np.abs(a["image"] - c["image"]).max() > 1e-3
@@ -333,7 +339,7 @@ def test_toy_motion_is_real(toy_dir):
 def test_toy_pipeline_batches(toy_dir):
   path = os.path.join(toy_dir[0], "train")
   batch = next(make_iterator(path, 4, process_index=0, process_count=1))
-  assert batch["latents"].shape == (4, 9, 8, 8, 48) and batch["cond"].shape == (4, 9, 8, 8, 52)
+  assert batch["latents"].shape == (4, 9, 16, 16, 12) and batch["cond"].shape == (4, 9, 16, 16, 16)
   assert batch["text"].shape == batch["neg_text"].shape == (4, toy.TEXT_LENGTH, 32)
   assert batch["image"].shape == (4, 17, 32)
   assert batch["neg_text"][0, 1:].max() == 0 and np.abs(batch["neg_text"][0, 0]).max() > 0

@@ -60,7 +60,8 @@ def test_condition_has_the_wan_i2v_layout(videos):
   codec = ToyCodec()
   cond = codec.condition(x[:, 0], FRAMES)
   z = codec.z_dim
-  assert cond.shape == (len(x), FRAMES, SIZE // 4, SIZE // 4, MASK_CHANNELS + z)
+  f = codec.spatial_factor
+  assert cond.shape == (len(x), FRAMES, SIZE // f, SIZE // f, MASK_CHANNELS + z)
   assert np.all(cond[:, 0, ..., :MASK_CHANNELS] == 1) and np.all(cond[:, 1:] == 0)
   np.testing.assert_array_equal(cond[:, 0, ..., MASK_CHANNELS:], codec.encode(x[:, :1])[:, 0])
   cond_jax = codec.condition(jnp.asarray(x[:, 0]), FRAMES)
@@ -69,10 +70,34 @@ def test_condition_has_the_wan_i2v_layout(videos):
 
 def test_bad_shapes_name_the_problem(videos):
   _, x = videos
-  codec = ToyCodec()
+  codec = ToyCodec(spatial_factor=4)
   with pytest.raises(ValueError, match="multiples of 4"):
     codec.encode(x[:, :, :46])
   with pytest.raises(ValueError, match=r"latents must be \[B, T, h, w, 48\]"):
     codec.decode(np.zeros((1, 2, 3, 3, 12), np.float32))
   with pytest.raises(ValueError, match="spatial_factor=0"):
     ToyCodec(spatial_factor=0)
+
+
+def test_condition_on_every_frame_repeats_the_image_and_keeps_the_mask(videos):
+  _, x = videos
+  codec = ToyCodec(condition_frames="every")
+  cond = codec.condition(x[:, 0], FRAMES)
+  first = codec.encode(x[:, :1])[:, 0]
+  for t in range(FRAMES):
+    np.testing.assert_array_equal(cond[:, t, ..., MASK_CHANNELS:], first)
+  assert np.all(cond[:, 0, ..., :MASK_CHANNELS] == 1) and np.all(
+    cond[:, 1:, ..., :MASK_CHANNELS] == 0
+  )
+  np.testing.assert_allclose(np.asarray(codec.condition(jnp.asarray(x[:, 0]), FRAMES)), cond)
+  assert codec.meta()["condition_frames"] == "every" != ToyCodec().meta()["condition_frames"]
+
+
+def test_from_config_reads_the_data_keys():
+  import ml_collections
+
+  data = ml_collections.ConfigDict({"codec_factor": 2, "codec_condition": "every"})
+  assert ToyCodec.from_config(data) == ToyCodec(spatial_factor=2, condition_frames="every")
+  assert ToyCodec.from_config(ml_collections.ConfigDict({})) == ToyCodec()
+  with pytest.raises(ValueError, match="condition_frames='last'"):
+    ToyCodec(condition_frames="last")

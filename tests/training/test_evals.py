@@ -43,7 +43,7 @@ def test_sample_index_names_prompt_condition_image_and_weights(tmp_path):
   graphdef, params = nnx.split(WanTransformer(cfg, rngs=nnx.Rngs(0)))
   batch = eval_batch()
   sampler = evals.EvalSampler(
-    str(tmp_path), batch, evals.toy_decoder(), graphdef, 0, max_videos=2, fps=4
+    str(tmp_path), batch, evals.toy_decoder({}), graphdef, 0, max_videos=2, fps=4
   )
   ema = jax.tree.map(lambda x: x * 0.5, params)
   metrics = sampler(7, types.SimpleNamespace(params={"student": params}, ema=ema))
