@@ -1,9 +1,9 @@
 """How often does ``evaluators.camera_move`` name the move of real toy clips?
 
-  python bench/toy_classifier.py [--size=32]
+  python bench/toy_classifier.py [--size=32] [--frames=5]
 
-Every photo x move (one random crop each, seed 3), 9 frames; prints and writes
-bench/results/toy_classifier.json with the count named correctly and the misses.
+Every photo x move (one random crop each, seed 3), at the toy default's size and frames;
+prints and writes bench/results/toy_classifier.json with the count named correctly and the misses.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ def main():
 
   ap = argparse.ArgumentParser()
   ap.add_argument("--size", type=int, default=32)
-  size = ap.parse_args().size
+  ap.add_argument("--frames", type=int, default=5)
+  args = ap.parse_args()
+  size, frames = args.size, args.frames
   ok, misses = 0, []
   for photo in toy.PHOTOS:
     image = toy.load_photo(photo)
     clips = [
-      toy.camera_clip(image, m, size, 9, np.random.default_rng([3, i]))
+      toy.camera_clip(image, m, size, frames, np.random.default_rng([3, i]))
       for i, m in enumerate(toy.MOVES)
     ]
     for move, found in zip(toy.MOVES, camera_move(np.stack(clips)).move):
@@ -39,6 +41,7 @@ def main():
         misses.append(f"{photo}/{move}: {found}")
   out = {
     "size": size,
+    "frames": frames,
     "correct": int(ok),
     "clips": len(toy.PHOTOS) * len(toy.MOVES),
     "misses": misses,

@@ -27,6 +27,7 @@ def get_config(arg=None):
     c.data.clips_per_move = 4  # training clips per photo and move
     c.data.flips = False  # training clips from mirrored / turned photos too
     c.data.footage = True  # real footage windows in both splits (pose_jax.data.footage)
+    c.data.pan_speed = 0  # pixels per frame of a pan; 0: toy.pan_speed(size) (2 at 32 px)
     c.data.codec_factor = 2  # space-to-depth factor: Z = 3 f^2 latent channels
     c.data.codec_condition = "first"  # the condition latent on frame 0 only (Wan's layout)
   z = ToyCodec.from_config(c.data).z_dim  # in = noisy Z + 4 mask + cond Z

@@ -31,7 +31,7 @@ from pose_jax.data.toy_codec import ToyCodec
 
 EVAL_EXAMPLES = 8
 # toy-only config.data keys (configs/toy_i2v.py adds them)
-TOY_KEYS = ("clips_per_move", "flips", "footage")
+TOY_KEYS = ("clips_per_move", "flips", "footage", "pan_speed")
 BUILDING = ".building-"  # <root>.building-XXXX: a toy build in progress (or an interrupted one)
 # config.data key -> what the shards hold, given the value their meta.json records
 KEYS = {"frames": "{} frames", "height": "frames {} px high", "width": "frames {} px wide"}

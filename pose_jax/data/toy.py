@@ -114,14 +114,23 @@ def _resize(image: np.ndarray, short_side: int) -> np.ndarray:
 
 
 def camera_clip(
-  photo: np.ndarray, move: str, size: int, frames: int, rng: np.random.Generator
+  photo: np.ndarray,
+  move: str,
+  size: int,
+  frames: int,
+  rng: np.random.Generator,
+  speed: int = 0,
 ) -> np.ndarray:
-  """uint8 ``[T, size, size, 3]``: ``move`` over ``photo`` at a random scale and place."""
+  """uint8 ``[T, size, size, 3]``: ``move`` over ``photo`` at a random scale and place; a pan
+  moves ``speed`` pixels per frame (0: :func:`pan_speed` ``(size)``)."""
   from PIL import Image
 
   if move not in MOVES:
     raise ValueError(f"unknown move {move!r}; choose one of {list(MOVES)}")
-  travel = pan_speed(size) * (frames - 1)
+  if speed < 0 or speed % 2:
+    raise ValueError(f"pan speed={speed} must be an even number of pixels >= 0 (0: default)")
+  v = speed or pan_speed(size)
+  travel = v * (frames - 1)
   need = int(np.ceil(size * ZOOM)) if move.startswith("zoom") else size + travel
   image = _resize(photo, int(need * rng.uniform(1.0, 1.5)))
   h, w = image.shape[:2]
@@ -135,7 +144,6 @@ def camera_clip(
     out = [np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=b)) for b in boxes]
     return np.stack(out)
   dy, dx = _PAN_DIRECTIONS.get(move, (0, 0))
-  v = pan_speed(size)
   span_y, span_x = abs(dy) * travel, abs(dx) * travel
   # Start on an even pixel so that the codec's 2x2 pooling grid moves with the content.
   y0 = 2 * int(rng.integers(0, (h - size - span_y) // 2 + 1)) + (span_y if dy < 0 else 0)
@@ -238,16 +246,19 @@ def make_clips(
   clips_per_move: int,
   seed: int,
   flips: bool = False,
+  pan_speed: int = 0,
 ) -> list[tuple[str, str, np.ndarray]]:
   """``[(key, caption, uint8 video [T, size, size, 3])]`` for every photo x move x clip. With
-  ``flips`` clip c is made from :func:`flip_or_turn` ``(photo, c)``: more views of few photos."""
+  ``flips`` clip c is made from :func:`flip_or_turn` ``(photo, c)``: more views of few photos;
+  ``pan_speed``: :func:`camera_clip`'s ``speed``."""
   out = []
   for photo in photos:
     image = load_photo(photo)
     for mi, move in enumerate(MOVES):
       for c in range(clips_per_move):
         rng = np.random.default_rng([seed, list(PHOTOS).index(photo), mi, c])
-        clip = camera_clip(flip_or_turn(image, c) if flips else image, move, size, frames, rng)
+        view = flip_or_turn(image, c) if flips else image
+        clip = camera_clip(view, move, size, frames, rng, pan_speed)
         out.append((f"{photo}/{move}/{c}", caption(photo, move), clip))
   return out
 
@@ -264,6 +275,7 @@ def build_dataset(
   flips: bool = False,
   codec: ToyCodec | None = None,
   footage: bool = False,
+  pan_speed: int = 0,
 ) -> dict[str, dict[str, Any]]:
   """Writes ``out_dir/train`` and ``out_dir/eval`` (shards + meta + neg_text); returns the
   metas. ``eval`` holds the ``holdout`` photos (not written if there are none), ``train`` the
@@ -271,7 +283,7 @@ def build_dataset(
   ``flips``: training clips from mirrored and turned photos (:func:`make_clips`); ``codec``
   (default ``ToyCodec()``) makes the latents and the condition; ``footage``: each split also
   holds the windows of real footage of its time ranges (:func:`footage.footage_clips`), after
-  the photo clips."""
+  the photo clips; ``pan_speed``: pixels per frame of a pan (0: :func:`pan_speed`)."""
   unknown = set(holdout) - set(PHOTOS)
   if unknown:
     raise ValueError(f"unknown holdout photo(s) {sorted(unknown)}; choose from {list(PHOTOS)}")
@@ -289,7 +301,7 @@ def build_dataset(
   for split, (photos, per_move) in splits.items():
     if not photos or per_move < 1:
       continue
-    clips = make_clips(photos, size, frames, per_move, seed, flips and split == "train")
+    clips = make_clips(photos, size, frames, per_move, seed, flips and split == "train", pan_speed)
     if footage:
       from pose_jax.data.footage import footage_clips
 
@@ -321,6 +333,7 @@ def build_dataset(
       clips_per_move=clips_per_move,
       flips=flips,
       footage=footage,
+      pan_speed=pan_speed,
       size=size,
       frames=frames,
       photos=photos,
@@ -351,17 +364,19 @@ __all__ = [
 ]
 
 
-# --- CLI: python -m pose_jax.data.toy --out=DIR [--size=48 --frames=9 ...] -------------------
+# --- CLI: python -m pose_jax.data.toy --out=DIR [--size=32 --frames=5 ...] -------------------
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """The CLI's flags. Only ``python -m pose_jax.data.toy`` defines them: absl flags are
   process-wide and this module is also a library (the trainer imports it for toy data)."""
   d = dict(flag_values=flag_values)
   flags.DEFINE_string("out", None, "Output directory (train/ and eval/ are made in it).", **d)
-  flags.DEFINE_integer("size", 48, "Frame side in pixels (multiple of 16).", **d)
-  flags.DEFINE_integer("frames", 9, "Frames per clip (1 + 4k).", **d)
+  flags.DEFINE_integer("size", 32, "Frame side in pixels (multiple of 16).", **d)
+  flags.DEFINE_integer("frames", 5, "Frames per clip (1 + 4k).", **d)
   flags.DEFINE_list("holdout", list(HOLDOUT), "Photos kept for the eval split.", **d)
   flags.DEFINE_integer("clips_per_move", 4, "Training clips per photo and move.", **d)
   flags.DEFINE_integer("seed", 0, "Seed of the crops and of the random encoders.", **d)
+  flags.DEFINE_boolean("footage", True, "Add the windows of real footage (data/footage.py).", **d)
+  flags.DEFINE_integer("pan_speed", 0, "Pixels per frame of a pan (0: pan_speed(size)).", **d)
   flags.mark_flags_as_required(["out"], flag_values)
 
 
@@ -369,7 +384,16 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  metas = build_dataset(f.out, f.size, f.frames, f.holdout, f.clips_per_move, f.seed)
+  metas = build_dataset(
+    f.out,
+    f.size,
+    f.frames,
+    f.holdout,
+    f.clips_per_move,
+    f.seed,
+    footage=f.footage,
+    pan_speed=f.pan_speed,
+  )
   print({split: meta["num_examples"] for split, meta in metas.items()})
 
 

@@ -355,3 +355,16 @@ def test_synthetic_source_defaults_are_the_toy_runs_shapes():
   side = config.data.size // codec.spatial_factor
   assert SyntheticSource().latent_shape == (config.data.frames, side, side, codec.z_dim)
   assert config.model.in_channels == 2 * codec.z_dim + 4
+
+
+def test_toy_pan_speed_is_a_knob():
+  photo, rng = toy.load_photo("astronaut"), lambda: np.random.default_rng(0)
+  fast = toy.camera_clip(photo, "pan_left", 32, 5, rng(), speed=4).astype(int)
+  np.testing.assert_array_equal(fast[1][:, 4:], fast[0][:, :-4])  # 4 px per frame, not 2
+  default = toy.camera_clip(photo, "pan_left", 32, 5, rng()).astype(int)
+  np.testing.assert_array_equal(default[1][:, 2:], default[0][:, :-2])
+  for bad in (3, -2):
+    with pytest.raises(ValueError, match="pan speed"):
+      toy.camera_clip(photo, "pan_left", 32, 5, rng(), speed=bad)
+  clips = toy.make_clips(["astronaut"], 32, 5, 1, 0, pan_speed=4)
+  np.testing.assert_array_equal(clips[0][2][2][:, 8:], clips[0][2][0][:, :-8])
