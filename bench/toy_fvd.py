@@ -79,30 +79,12 @@ def main():
       key = f"{moves[t]}->{moves[p]}"
       confusions[key] = confusions.get(key, 0) + 1
 
-  def fakes(real, rng):
-    shuffled = []
-    for v in real:
-      perm = rng.permutation(len(v))
-      while np.all(perm == np.arange(len(v))):
-        perm = rng.permutation(len(v))
-      shuffled.append(v[perm])
-    static = np.repeat(real[:, :1], real.shape[1], axis=1)
-    mix = real.copy()
-    mix[1::2] = static[1::2]  # every other clip frozen: half real, half static, moves balanced
-    return {
-      "static": static,
-      "reversed": real[:, ::-1],
-      "shuffled": np.stack(shuffled),
-      "noise": np.clip(0.5 + 0.25 * rng.standard_normal(real.shape), 0, 1).astype(np.float32),
-      "mix_real_static": mix,
-    }
-
   sets = {}
   for name, mv in (("all_moves", moves), ("one_way_moves", ONE_WAY)):
     crops = args.eval_crops * len(moves) // len(mv)  # about the same number of clips
     real, _ = clips(toy.HOLDOUT, mv, crops, seed=1)
     others = {"real_second_draw": clips(toy.HOLDOUT, mv, crops, seed=2)[0]}
-    others.update(fakes(others["real_second_draw"], np.random.default_rng(3)))
+    others.update(fr.degraded_videos(others["real_second_draw"], np.random.default_rng(3)))
     n_train = max(1, -(-len(real) // (len(train_photos) * len(mv))))
     others["train_photos"] = clips(train_photos, mv, n_train, seed=2)[0]  # >= len(real) clips
     row = {"moves": list(mv), "clips": len(real)}

@@ -29,7 +29,15 @@ import optax
 import scipy.linalg
 from flax import nnx
 
-__all__ = ["TimeConv", "VideoNet", "frechet_distance", "fvd", "train_video_net", "video_features"]
+__all__ = [
+  "TimeConv",
+  "VideoNet",
+  "degraded_videos",
+  "frechet_distance",
+  "fvd",
+  "train_video_net",
+  "video_features",
+]
 
 
 def _check_features(x, name: str) -> np.ndarray:
@@ -212,3 +220,26 @@ def video_features(net: VideoNet, videos, batch_size: int = 64) -> np.ndarray:
 def fvd(net: VideoNet, videos_a, videos_b) -> float:
   """Toy FVD: :func:`frechet_distance` of ``net``'s features of two video sets."""
   return frechet_distance(video_features(net, videos_a), video_features(net, videos_b))
+
+
+def degraded_videos(real: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Known-bad versions of ``real`` ``[N, T, H, W, 3]`` in [0, 1], the sets a video metric is
+  checked on: ``static`` (frame 0 repeated), ``reversed`` (time reversed: the opposite move),
+  ``shuffled`` (each clip's frames in a random order other than their own), ``noise``
+  (Gaussian around grey) and ``mix_real_static`` (every other clip static)."""
+  shuffled = []
+  for v in real:
+    perm = rng.permutation(len(v))
+    while np.all(perm == np.arange(len(v))):
+      perm = rng.permutation(len(v))
+    shuffled.append(v[perm])
+  static = np.repeat(real[:, :1], real.shape[1], axis=1)
+  mix = real.copy()
+  mix[1::2] = static[1::2]
+  return {
+    "static": static,
+    "reversed": real[:, ::-1],
+    "shuffled": np.stack(shuffled),
+    "noise": np.clip(0.5 + 0.25 * rng.standard_normal(real.shape), 0, 1).astype(np.float32),
+    "mix_real_static": mix,
+  }
