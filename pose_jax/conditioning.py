@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -139,6 +139,23 @@ def read_clip_preprocess(path: str) -> dict[str, Any]:
   }
 
 
+def batch_inputs(image, prompt) -> tuple[list[np.ndarray], list[str], Callable]:
+  """``(images, prompts, batch)`` of B = max(#images, #prompts) samples: a single image or
+  prompt is shared by all (the pipeline's ``repeat``), otherwise the counts must match;
+  ``batch(x)`` broadcasts a ``[1 or B, ...]`` array to ``[B, ...]``. ValueError for images that
+  are not uint8 ``[H, W, 3]`` or mismatched counts."""
+  single = isinstance(image, np.ndarray) and image.ndim == 3
+  images = [np.asarray(im) for im in ([image] if single else image)]
+  for im in images:
+    if im.dtype != np.uint8 or im.ndim != 3 or im.shape[-1] != 3:
+      raise ValueError(f"expected uint8 [H, W, 3] images, got {im.dtype} {im.shape}")
+  prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+  b = max(len(images), len(prompts))
+  if min(len(images), len(prompts)) < 1 or {len(images), len(prompts)} - {1, b}:
+    raise ValueError(f"{len(images)} image(s) and {len(prompts)} prompt(s): need equal or one")
+  return images, prompts, lambda x: jnp.broadcast_to(x, (b, *x.shape[1:]))
+
+
 # --- jitted model calls ---------------------------------------------------------------------
 @nnx.jit
 def _condition_latents(vae: WanVAE, video: jax.Array) -> jax.Array:
@@ -149,6 +166,11 @@ def _condition_latents(vae: WanVAE, video: jax.Array) -> jax.Array:
 @nnx.jit
 def _image_tokens(encoder: CLIPVisionEncoder, pixels: jax.Array) -> jax.Array:
   return encoder.penultimate(pixels)
+
+
+@nnx.jit
+def _decode(vae: WanVAE, latents: jax.Array) -> jax.Array:
+  return vae.decode(vae.denormalize_latents(latents))
 
 
 # --- the stack ------------------------------------------------------------------------------
@@ -223,15 +245,32 @@ class ConditioningStack:
       raise ValueError(f"image_processor crop_size {crop} != image_encoder image_size {size}")
 
   def _check_transformer(self, dit: dict[str, Any]) -> None:
-    z = self.vae.cfg.z_dim
-    want = {
-      "in_channels": 2 * z + 4,
-      "image_dim": self.image_encoder.cfg.hidden_size,
-      "text_dim": self.text_encoder.cfg.d_model,
-    }
+    want = {k: v for k, v in self.dit_inputs().items() if k != "out_channels"}
     bad = [f"{k}={dit.get(k)} (expected {v})" for k, v in want.items() if dit.get(k) != v]
     if bad:
       raise ValueError(f"transformer config does not match the conditioning stack: {bad}")
+
+  def dit_inputs(self) -> dict[str, int]:
+    """The DiT widths this stack's conditioning and latents need (``WanConfig`` field names)."""
+    z = self.vae.cfg.z_dim
+    return {
+      "in_channels": 2 * z + 4,
+      "out_channels": z,
+      "image_dim": self.image_encoder.cfg.hidden_size,
+      "text_dim": self.text_encoder.cfg.d_model,
+    }
+
+  def latent_shape(self, batch: int, num_frames: int, height: int, width: int):
+    """``[B, N, h, w, Z]`` of a video of ``num_frames`` x ``height`` x ``width``."""
+    vae = self.vae.cfg
+    n = 1 + (num_frames - 1) // vae.temporal_factor
+    s = vae.spatial_factor
+    return (batch, n, height // s, width // s, vae.z_dim)
+
+  def decode(self, latents: jax.Array) -> jax.Array:
+    """Normalised latents -> video ``[B, F, H, W, 3]`` in [-1, 1], as the pipeline decodes:
+    ``latents / (1 / latents_std) + latents_mean``, VAE decode (clamped)."""
+    return _decode(self.vae, jnp.asarray(latents, jnp.float32))
 
   def fit_area(self, image_hw: tuple[int, int], max_area: int = WAN_480P_AREA) -> tuple[int, int]:
     """:func:`fit_area` with this stack's ``mod_value``."""
@@ -277,19 +316,7 @@ class ConditioningStack:
     for a bad video size or mismatched counts.
     """
     check_video_size(num_frames, height, width, self.mod_value)
-    single = isinstance(image, np.ndarray) and image.ndim == 3
-    images = [np.asarray(im) for im in ([image] if single else image)]
-    for im in images:
-      if im.dtype != np.uint8 or im.ndim != 3 or im.shape[-1] != 3:
-        raise ValueError(f"expected uint8 [H, W, 3] images, got {im.dtype} {im.shape}")
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    b = max(len(images), len(prompts))
-    if min(len(images), len(prompts)) < 1 or {len(images), len(prompts)} - {1, b}:
-      raise ValueError(f"{len(images)} image(s) and {len(prompts)} prompt(s): need equal or one")
-
-    def batch(x: jax.Array) -> jax.Array:
-      return jnp.broadcast_to(x, (b, *x.shape[1:]))
-
+    images, prompts, batch = batch_inputs(image, prompt)
     negative = None
     if negative_prompt is not None:
       negative = batch(self.encode_text([negative_prompt]))
@@ -313,6 +340,7 @@ def load_pipeline_transformer(folder: str, **runtime) -> WanTransformer:
 
 __all__ = [
   "Conditioning",
+  "batch_inputs",
   "ConditioningStack",
   "check_video_size",
   "first_frame_mask",

@@ -1,11 +1,30 @@
 """Sample image-to-video clips with the one-step student (or the teacher) and write mp4s.
 
+  python -m pose_jax.sampling --ckpt=WORKDIR --image=photo.jpg --prompt="a photo of a cup of
+      coffee, the camera pans left"                                     # a toy run: nothing else
   python -m pose_jax.sampling --pipeline=Wan2.1-I2V-14B-480P-Diffusers --ckpt=workdir/run
-      --image=photo.jpg --prompt="a cat surfing" --out=video.mp4 [--strip=strip.png]
+      --image=photo.jpg --prompt="a cat surfing" [--out=sample.mp4] [--strip=sample.png]
       [--steps=1] [--seed=0] [--frames=81] [--size=480x832 | --max_area=399360]
       [--teacher [--steps=50 --cfg=5.0 --scheduler=unipc|euler --shift=3.0]]
       [--negative_prompt=...] [--prompts_file=FILE] [--which=student|ema] [--step=N]
       [--mesh=(1,-1,1,1)] [--batch_size=1] [--dtype=float32|bfloat16]
+
+Outputs: ``--out`` (default ``sample.mp4`` in the current directory) and a PNG strip of its
+frames, by default beside it (``sample.png``; ``--strip=`` writes none); one line per video says
+where they went.
+
+A toy run (``python -m pose_jax.main --config=configs/toy_i2v.py --workdir=W``): ``--ckpt=W``
+alone. Its checkpoints hold its config (``meta["config"]``), and from it the sampler rebuilds
+what the run's data was conditioned with (:mod:`pose_jax.sampling.toy`): the toy codec of
+``data``, the tiny encoders of ``seed`` and the caption-word tokenizer. It samples as the run's
+own evaluation does: the image scaled (Lanczos) to cover the toy's ``data.size`` square and
+centre-cropped, ``data.frames`` frames, the student in one step; ``--teacher``: Euler with the
+run's ``eval.teacher_steps``, ``pose.cfg_real`` and ``pose.flow_shift``; ``eval.fps`` (each flag
+still overrides; ``--size=HxW`` too, ``--max_area`` does not apply). The noise is this CLI's
+per-sample draw from ``--seed`` (below), not the evaluation's draw for its whole batch. Words
+outside the toy vocabulary (the words of its captions) read as ``<unk>``, with a warning line
+naming them. ``--pipeline`` with a toy run is an error, as is no ``--pipeline`` with any other
+checkpoint.
 
 ``--pipeline``: a diffusers ``WanImageToVideoPipeline`` folder (VAE, CLIP, UMT5, tokenizer and,
 without ``--ckpt``, the DiT). ``--ckpt``: a training workdir (its latest step, or ``--step``;
@@ -49,6 +68,7 @@ from pose_jax import sharding as shd
 from pose_jax.conditioning import ConditioningStack
 from pose_jax.convert.configs import load_config
 from pose_jax.convert.errors import CheckpointError
+from pose_jax.sampling import toy
 from pose_jax.sampling.loading import load_dit, pipeline_mod_value
 from pose_jax.sampling.pipeline import I2VPipeline, fit_image
 from pose_jax.sampling.video_io import read_image, to_uint8, write_mp4, write_strip_png
@@ -67,8 +87,8 @@ flags.DEFINE_string("config", None, _CONFIG_HELP)
 flags.DEFINE_string("image", None, "Input image (first frame).")
 flags.DEFINE_string("prompt", None, "Text prompt.")
 flags.DEFINE_string("prompts_file", None, "Lines 'image_path<TAB>prompt' (batch).")
-flags.DEFINE_string("out", None, "Output .mp4 (numbered with --prompts_file).")
-flags.DEFINE_string("strip", None, "Also write a PNG strip of frames side by side.")
+flags.DEFINE_string("out", "sample.mp4", "Output .mp4 (numbered with --prompts_file).")
+flags.DEFINE_string("strip", None, "PNG strip of frames side by side (default: --out as .png).")
 flags.DEFINE_integer("strip_frames", 8, "Frames in the strip.")
 flags.DEFINE_integer("steps", None, "Sampling steps (default: 1 student, 50 teacher).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
@@ -144,20 +164,70 @@ def numbered(path: str, i: int, many: bool) -> str:
   return f"{stem}_{i:03d}{ext}"
 
 
-def check_flags(f) -> dict:
-  """Validated settings; raises FlagError naming the flag."""
+def _run_meta(f) -> dict | None:
+  """The toy run's meta (``toy.run_meta``) when ``--ckpt`` is a toy run's workdir or step: its
+  latest step's (a resume may not change the data or the seed), so that a bad ``--step`` is
+  named by the loader, not taken for a run that is not a toy's."""
+  if f.step != "latest" and not f.step.isdigit():
+    raise FlagError(f"--step={f.step}: expected an integer or latest")
+  meta = toy.run_meta(f.ckpt) if f.ckpt else None
+  return meta if toy.is_toy(meta) else None
+
+
+def _pipeline_settings(f) -> dict:
+  """Sampler and video settings of a ``--pipeline`` run: the flags, defaults filled in."""
   if not f.pipeline:
-    raise FlagError("--pipeline is required (a diffusers WanImageToVideoPipeline folder)")
+    not_toy = f"; --ckpt={f.ckpt} is not a toy run" if f.ckpt else ""
+    raise FlagError(f"--pipeline is required (a diffusers WanImageToVideoPipeline folder){not_toy}")
   if not os.path.isdir(f.pipeline):
     raise FlagError(f"--pipeline={f.pipeline}: no such directory")
-  if not f.out:
-    raise FlagError("--out is required (an .mp4 path)")
-  if not f.out.lower().endswith(".mp4"):
-    raise FlagError(f"--out={f.out}: must end in .mp4")
-  if f.strip and not f.strip.lower().endswith(".png"):
-    raise FlagError(f"--strip={f.strip}: must end in .png")
+  return dict(
+    frames=f.frames,
+    size=None,
+    mod=pipeline_mod_value(f.pipeline),
+    steps=f.steps if f.steps is not None else (50 if f.teacher else 1),
+    guidance_scale=f.cfg if f.cfg is not None else (5.0 if f.teacher else 1.0),
+    scheduler=f.scheduler if f.teacher else "euler",
+    shift=f.shift,
+    fps=f.fps,
+  )
+
+
+def _toy_settings(f, meta: dict) -> dict:
+  """The same settings for a toy run: its own evaluation's (``toy.defaults``) where no flag is
+  given."""
+  if f.pipeline:
+    raise FlagError(
+      f"--pipeline: --ckpt={f.ckpt} is a toy run, sampled with its own toy codec and encoders "
+      "(rebuilt from its config); drop --pipeline"
+    )
+  if f["max_area"].present:
+    raise FlagError("--max_area: a toy run samples at its data.size (or --size=HxW)")
+  d = toy.defaults(meta)
+  pick = lambda name, default: getattr(f, name) if f[name].present else default
+  return dict(
+    frames=pick("frames", d["frames"]),
+    size=d["size"],
+    mod=d["mod"],
+    steps=pick("steps", d["teacher_steps"] if f.teacher else 1),
+    guidance_scale=pick("cfg", d["cfg"] if f.teacher else 1.0),
+    scheduler=pick("scheduler", "euler"),
+    shift=pick("shift", d["shift"]),
+    fps=pick("fps", d["fps"]),
+  )
+
+
+def check_flags(f) -> dict:
+  """Validated settings; raises FlagError naming the flag."""
   if f.ckpt and not os.path.exists(f.ckpt) and "://" not in f.ckpt:
     raise FlagError(f"--ckpt={f.ckpt}: no such checkpoint or workdir")
+  meta = _run_meta(f)
+  t = _pipeline_settings(f) if meta is None else _toy_settings(f, meta)
+  if not f.out.lower().endswith(".mp4"):
+    raise FlagError(f"--out={f.out}: must end in .mp4")
+  strip = os.path.splitext(f.out)[0] + ".png" if f.strip is None else f.strip
+  if strip and not strip.lower().endswith(".png"):
+    raise FlagError(f"--strip={strip}: must end in .png")
   if f.prompts_file:
     if f.image is not None or f.prompt is not None:
       raise FlagError("--prompts_file replaces --image/--prompt; give one or the other")
@@ -173,48 +243,39 @@ def check_flags(f) -> dict:
       images.append(read_image(path))
     except (FileNotFoundError, ValueError) as e:
       raise FlagError(f"--{'prompts_file' if f.prompts_file else 'image'}: {e}") from e
-  mode = "teacher" if f.teacher else "student"
-  steps = f.steps if f.steps is not None else (50 if f.teacher else 1)
+  steps, guidance_scale, frames, mod = (t[k] for k in ("steps", "guidance_scale", "frames", "mod"))
   if steps < 1:
     raise FlagError(f"--steps={steps}: must be at least 1")
-  guidance_scale = f.cfg if f.cfg is not None else (5.0 if f.teacher else 1.0)
   if not f.teacher:
     if guidance_scale != 1.0:
       raise FlagError(f"--cfg={guidance_scale}: the student takes no guidance (use --teacher)")
     if f["scheduler"].present:
       raise FlagError("--scheduler applies to --teacher sampling")
-  if f.frames < 1 or (f.frames - 1) % 4:
-    raise FlagError(f"--frames={f.frames}: must be 1 + 4k (1, 5, 9, ..., 81)")
-  mod = pipeline_mod_value(f.pipeline)
-  size = None
+  if frames < 1 or (frames - 1) % 4:
+    raise FlagError(f"--frames={frames}: must be 1 + 4k (1, 5, 9, ..., 81)")
   if f.size:
-    size = parse_size(f.size)
-    bad = [f"{n}={v}" for n, v in zip(("height", "width"), size) if v < mod or v % mod]
+    t["size"] = parse_size(f.size)
+    bad = [f"{n}={v}" for n, v in zip(("height", "width"), t["size"]) if v < mod or v % mod]
     if bad:
       raise FlagError(f"--size={f.size}: {', '.join(bad)} must be positive multiples of {mod}")
   elif f.max_area < mod * mod:
     raise FlagError(f"--max_area={f.max_area}: must be at least {mod}x{mod}")
   if f.batch_size < 1:
     raise FlagError(f"--batch_size={f.batch_size}: must be at least 1")
-  step = None if f.step == "latest" else f.step
-  if step is not None and not step.isdigit():
-    raise FlagError(f"--step={f.step}: expected an integer or latest")
   try:
     config = load_config(f.config)
   except CheckpointError as e:  # names --config
     raise FlagError(str(e)) from e
   return dict(
+    **t,
     items=items,
     images=images,
-    mode=mode,
-    steps=steps,
-    guidance_scale=guidance_scale,
-    size=size,
-    mod=mod,
-    scheduler=f.scheduler if f.teacher else "euler",
-    step=None if step is None else int(step),
+    mode="teacher" if f.teacher else "student",
+    strip=strip,
+    step=None if f.step == "latest" else int(f.step),
     mesh=parse_mesh(f.mesh) if f.mesh else None,
     config=config,
+    toy=meta,
   )
 
 
@@ -229,7 +290,14 @@ def run(f, s: dict) -> None:
     except ValueError as e:
       raise FlagError(f"--mesh={f.mesh}: {e}") from e
   t0 = time.perf_counter()
-  stack = ConditioningStack.from_pretrained(f.pipeline, dtype=f.dtype)
+  if s["toy"] is not None:
+    stack = toy.ToyStack.from_meta(s["toy"])
+    source = f"the toy codec and encoders of its config (seed {s['toy']['config']['seed']})"
+    for line in stack.prompt_warnings([prompt for _, prompt in s["items"]]):
+      print(line, file=sys.stderr, flush=True)
+  else:
+    stack = ConditioningStack.from_pretrained(f.pipeline, dtype=f.dtype)
+    source = f.pipeline
   model, what = load_dit(
     f.ckpt,
     f.pipeline,
@@ -240,7 +308,7 @@ def run(f, s: dict) -> None:
     dtype=f.dtype,
   )
   pipe = I2VPipeline.from_model(stack, model, mesh)
-  say(f"loaded {what} and {f.pipeline} in {time.perf_counter() - t0:.1f}s")
+  say(f"loaded {what} and {source} in {time.perf_counter() - t0:.1f}s")
   if not f.ckpt and not f.teacher:
     say("note: no --ckpt: the pipeline's own (teacher) DiT with the student's one-step sampler")
 
@@ -255,23 +323,23 @@ def run(f, s: dict) -> None:
   for i, (_, h, w) in enumerate(prepared):
     groups.setdefault((h, w), []).append(i)
   many = len(s["items"]) > 1
-  sampler = s["mode"] + (f" {f.scheduler}" if s["mode"] == "teacher" else "")
+  sampler = s["mode"] + (f" {s['scheduler']}" if s["mode"] == "teacher" else "")
   for (h, w), indices in groups.items():
     for start in range(0, len(indices), f.batch_size):
       idx = indices[start : start + f.batch_size]
-      shape = pipe.latent_shape(len(idx), f.frames, h, w)
+      shape = pipe.latent_shape(len(idx), s["frames"], h, w)
       noise = pipe.make_noise(shape, f.seed, idx)
       t1 = time.perf_counter()
       videos = pipe(
         [prepared[i][0] for i in idx],
         [s["items"][i][1] for i in idx],
-        num_frames=f.frames,
+        num_frames=s["frames"],
         height=h,
         width=w,
         steps=s["steps"],
         mode=s["mode"],
         scheduler=s["scheduler"],
-        shift=f.shift,
+        shift=s["shift"],
         guidance_scale=s["guidance_scale"],
         negative_prompt=f.negative_prompt,
         seed=f.seed,
@@ -281,13 +349,13 @@ def run(f, s: dict) -> None:
       for i, video in zip(idx, videos):
         frames = to_uint8(video)
         out = numbered(f.out, i, many)
-        codec = write_mp4(out, frames, fps=f.fps)
+        codec = write_mp4(out, frames, fps=s["fps"])
         extra = ""
-        if f.strip:
-          write_strip_png(numbered(f.strip, i, many), frames, f.strip_frames)
-          extra = f", strip {numbered(f.strip, i, many)}"
+        if s["strip"]:
+          write_strip_png(numbered(s["strip"], i, many), frames, f.strip_frames)
+          extra = f", strip {numbered(s['strip'], i, many)}"
         say(
-          f"wrote {out}: {f.frames} frames {h}x{w} ({codec}, {f.fps} fps{extra}); "
+          f"wrote {out}: {s['frames']} frames {h}x{w} ({codec}, {s['fps']} fps{extra}); "
           f"{sampler} {s['steps']} step(s), batch of {len(idx)} in {secs:.1f}s"
         )
 

@@ -1,7 +1,10 @@
 """Wan2.1 image-to-video sampling end to end in JAX: (image, prompt) -> video.
 
 :class:`I2VPipeline` = :class:`~pose_jax.conditioning.ConditioningStack` (VAE + CLIP + UMT5,
-unsharded) + a DiT (graphdef + params, optionally sharded over a mesh). One call:
+unsharded) + a DiT (graphdef + params, optionally sharded over a mesh). A toy run's stand-in,
+:class:`pose_jax.sampling.toy.ToyStack` (toy codec + tiny encoders), has the same methods the
+pipeline calls (``encode``, ``decode``, ``latent_shape``, ``dit_inputs``, ``mod_value``), so a
+toy run samples through this same pipeline. One call:
 
   1. conditioning as ``WanImageToVideoPipeline.__call__`` (``ConditioningStack.encode``);
   2. initial latents ``[B, N, h, w, Z]`` (channels-last; the pipeline's ``latents`` argument is
@@ -86,15 +89,9 @@ def fit_image(
 
 
 # --- the DiT --------------------------------------------------------------------------------
-def check_dit(stack: ConditioningStack, cfg: WanConfig) -> None:
+def check_dit(stack, cfg: WanConfig) -> None:
   """ValueError unless the DiT's input/context widths fit the conditioning stack."""
-  z = stack.vae.cfg.z_dim
-  want = {
-    "in_channels": 2 * z + 4,
-    "out_channels": z,
-    "image_dim": stack.image_encoder.cfg.hidden_size,
-    "text_dim": stack.text_encoder.cfg.d_model,
-  }
+  want = stack.dit_inputs()
   bad = [f"{k}={getattr(cfg, k)} (expected {v})" for k, v in want.items() if getattr(cfg, k) != v]
   if bad:
     raise ValueError(f"the DiT does not fit the pipeline's VAE/encoders: {', '.join(bad)}")
@@ -158,11 +155,6 @@ def _sample(
   )
 
 
-@nnx.jit
-def _decode(vae, latents: jax.Array) -> jax.Array:
-  return vae.decode(vae.denormalize_latents(latents))
-
-
 # --- the pipeline ---------------------------------------------------------------------------
 @dataclasses.dataclass
 class I2VPipeline:
@@ -170,7 +162,7 @@ class I2VPipeline:
   is split over its ``data`` x ``fsdp`` axes (when the batch divides); the VAE and encoders run
   unsharded on the default device."""
 
-  stack: ConditioningStack
+  stack: ConditioningStack  # or a ToyStack (the same methods)
   graphdef: Any
   params: Any
   mesh: Any = None
@@ -201,10 +193,7 @@ class I2VPipeline:
     return nnx.merge(self.graphdef, self.params).cfg
 
   def latent_shape(self, batch: int, num_frames: int, height: int, width: int):
-    vae = self.stack.vae.cfg
-    n = 1 + (num_frames - 1) // vae.temporal_factor
-    s = vae.spatial_factor
-    return (batch, n, height // s, width // s, vae.z_dim)
+    return self.stack.latent_shape(batch, num_frames, height, width)
 
   # --- pieces -------------------------------------------------------------------------------
   def _place(self, x):
@@ -261,7 +250,7 @@ class I2VPipeline:
     """Normalised latents -> video ``[B, F, H, W, 3]`` in [-1, 1] (on the VAE's device)."""
     if self.mesh is not None:
       latents = np.asarray(latents)
-    return _decode(self.stack.vae, jnp.asarray(latents, jnp.float32))
+    return self.stack.decode(latents)
 
   def make_noise(self, shape, seed: int, indices: Sequence[int] | None = None) -> jax.Array:
     """Initial latents ``shape = [B, N, h, w, Z]``: row b is ``normal(fold_in(k, indices[b]))``

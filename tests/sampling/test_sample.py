@@ -37,8 +37,9 @@ def env(tmp_path_factory):
   return root
 
 
-def sample_cli(*args) -> subprocess.CompletedProcess:
-  """``python -m pose_jax.sampling ARGS`` (the test's 8 fake CPU devices): status and output."""
+def sample_cli(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+  """``python -m pose_jax.sampling ARGS`` (the test's 8 fake CPU devices) run in ``cwd``: status
+  and output."""
   env = dict(
     os.environ,
     # The runs compile the same encoders: share them through JAX's persistent cache (the one
@@ -48,7 +49,7 @@ def sample_cli(*args) -> subprocess.CompletedProcess:
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
   )
   cmd = [sys.executable, "-m", "pose_jax.sampling", *args]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def cli(env, *args) -> subprocess.CompletedProcess:
@@ -164,9 +165,15 @@ def test_errors_name_the_flag(env, tmp_path, args, message, status):
   assert not (tmp_path / "x.mp4").exists()
 
 
-def test_missing_pipeline_exits_without_traceback(env, tmp_path):
-  r = sample_cli(f"--image={env / 'photo.png'}", "--prompt=a", f"--out={tmp_path / 'x.mp4'}")
+@pytest.mark.parametrize("ckpt", [None, "work", "ckpt"])
+def test_missing_pipeline_exits_without_traceback(env, tmp_path, ckpt):
+  """No ``--pipeline``: only a toy run's workdir samples without one (test_sample_toy.py); a
+  real train workdir or model checkpoint is told it needs one."""
+  args = [f"--image={env / 'photo.png'}", "--prompt=a", f"--out={tmp_path / 'x.mp4'}"]
+  r = sample_cli(*args, *([f"--ckpt={env / ckpt}"] if ckpt else []))
   assert r.returncode == 2 and error_line(r).startswith("error: --pipeline is required")
+  if ckpt:
+    assert f"--ckpt={env / ckpt} is not a toy run" in error_line(r)
 
 
 def test_video_io(env, tmp_path):
