@@ -3,9 +3,11 @@
   python bench/ablations.py --workdir=DIR [--seeds=3] [--rows=pose_1,no_priming,...]
       [--teacher=MODEL_CKPT] [--teacher_steps=50] [--config.KEY=VALUE ...]
 
-1. The teacher: ``--teacher`` (a model checkpoint, as ``pose_jax.convert import`` writes) or,
-   without one, ``DIR/teacher``, pretrained once by the config's ``pretrain`` phase on toy data
-   built once in ``DIR/data`` (the config's ``seed``) and kept.
+1. The teacher: ``--teacher`` (a model checkpoint, as ``pose_jax.convert import`` writes), else
+   the config's ``ckpt.init_from`` (the toy default: the committed ``assets/toy_teacher``), else
+   (``configs/toy_i2v.py:scratch``) ``DIR/teacher``, pretrained once by the config's
+   ``pretrain`` phase and kept. The toy data are built once in ``DIR/data`` (the config's
+   ``seed``).
 2. Each row of :data:`ROWS` x seed: the recipe's distillation phases from that teacher
    (``ckpt.init_from``; the training seed varies, the data do not) in ``DIR/runs/ROW_sSEED``,
    then its samples of every held-out clip from the seed's noise, scored by
@@ -156,7 +158,7 @@ def main(argv):
   if unknown or _SEEDS.value < 1:
     raise app.UsageError(f"unknown rows {unknown} (of {list(ROWS)}) or --seeds < 1")
   train_dir, eval_batch = build_data(config, workdir)
-  teacher, teacher_wall = (_TEACHER.value, None) if _TEACHER.value else (None, None)
+  teacher, teacher_wall = _TEACHER.value or config.ckpt.init_from, None
   if not teacher:
     teacher, teacher_wall = ensure_teacher(config, workdir, train_dir)
   fvd = real_clips(config, train_dir, eval_batch, workdir)

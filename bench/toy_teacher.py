@@ -2,15 +2,20 @@
 
   python bench/toy_teacher.py --name=NAME --workdir=DIR [--config.KEY=VALUE ...]
 
-Runs ``training.train.run`` on ``configs/toy_i2v.py`` with the overrides given (pass
-``--config.pose.phases='("pretrain",)' --config.pose.steps='(N,)'`` for a teacher-only run),
+Runs ``training.train.run`` on ``--config`` with the overrides given (for a teacher-only run
+from scratch pass ``--config=configs/toy_i2v.py:scratch --config.pose.phases='("pretrain",)'
+--config.pose.steps='(N,)'``),
 then samples the pretrained teacher (the trained student of the pretrain phase) on every
 held-out toy clip with ``--teacher_steps`` Euler steps and CFG ``--cfg`` from fixed noise, and
 scores the decoded samples: ``motion_accuracy`` (``evaluators.camera_move`` names the caption's
 move), first-frame PSNR against the condition image, the confusion of moves. Appends one row
 (name, the overrides, wall time of the training, the scores) to ``--out``
 (``bench/results/toy_teacher.json``; a row of the same name is replaced) and the frames of each
-real clip beside its sample to ``WORKDIR/teacher_samples.png``.
+real clip beside its sample to ``WORKDIR/teacher_samples.png``. ``--score_step=N`` trains
+nothing: it scores step N of the run in ``--workdir`` (finished or still running; pass the
+same ``--config`` overrides), e.g. at another ``--cfg``. ``--save_teacher=DIR`` writes the
+scored weights as a model checkpoint (what ``ckpt.init_from`` and ``bench/ablations.py
+--teacher`` read; its ``source`` records this row's name, the whole command and the step).
 """
 
 from __future__ import annotations
@@ -32,6 +37,16 @@ _NAME = flags.DEFINE_string("name", None, "Row name in --out.", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (fresh: no resume).", required=True)
 _STEPS = flags.DEFINE_integer("teacher_steps", 50, "Euler steps of the teacher sample.")
 _CFG = flags.DEFINE_float("cfg", 3.0, "Classifier-free guidance scale of the teacher sample.")
+_STEP = flags.DEFINE_integer(
+  "score_step", None, "Score this checkpoint step of --workdir (the student) without training."
+)
+_SAVE = flags.DEFINE_string(
+  "save_teacher", None, "Also write the scored teacher here as a model checkpoint (ckpt.init_from)."
+)
+COMMAND = (
+  "python bench/toy_teacher.py --name=NAME --workdir=DIR [--config=FILE[:ARG]] [--config.KEY=VALUE ...]"
+  " (each row's argv is its whole command)"
+)
 _OUT = flags.DEFINE_string("out", os.path.join(ROOT, "bench", "results", "toy_teacher.json"), "")
 
 
@@ -123,25 +138,46 @@ def main(argv):
   from pose_jax.training import train
 
   config = _CONFIG.value
-  t0 = time.perf_counter()
-  state = train.run(config, _WORKDIR.value)
-  wall = time.perf_counter() - t0
-  teacher = jax.tree.map(lambda a: a, state.params["student"])
+  if _STEP.value is None:
+    t0 = time.perf_counter()
+    state = train.run(config, _WORKDIR.value)
+    wall = time.perf_counter() - t0
+    teacher = jax.tree.map(lambda a: a, state.params["student"])
+  else:  # a saved step of an earlier (or still running) run
+    from flax import nnx
+
+    from pose_jax import config as config_lib
+    from pose_jax.sampling import loading
+
+    cfg = config_lib.wan_config(config.model)
+    model, _ = loading.load_dit(_WORKDIR.value, which="student", step=_STEP.value, config=cfg)
+    teacher, wall = nnx.state(model), None
   row = {
     "name": _NAME.value,
     "overrides": [a for a in sys.argv[1:] if a.startswith("--config.")],
-    "train_wall_s": round(wall, 1),
+    "argv": sys.argv[1:],  # the whole command (the config file and its argument too)
+    "train_wall_s": None if wall is None else round(wall, 1),
+    "step": _STEP.value,
     "teacher_steps": _STEPS.value,
     "cfg": _CFG.value,
     **score(config, _WORKDIR.value, teacher, _STEPS.value, _CFG.value),
   }
+  if _SAVE.value:
+    from flax import nnx
+
+    from pose_jax import config as config_lib
+    from pose_jax.convert import orbax_io
+
+    source = {"bench": "toy_teacher", **{k: row[k] for k in ("name", "argv", "step")}}
+    meta = orbax_io.model_meta(config_lib.wan_config(config.model), source)
+    orbax_io.save_model_checkpoint(_SAVE.value, nnx.to_pure_dict(teacher), meta, overwrite=True)
   rows = []
   if os.path.isfile(_OUT.value):
     with open(_OUT.value) as f:
       rows = [r for r in json.load(f)["rows"] if r["name"] != row["name"]]
   rows.append(row)
   with open(_OUT.value, "w") as f:
-    json.dump({"command": "python bench/toy_teacher.py --name=NAME ...", "rows": rows}, f, indent=1)
+    json.dump({"command": COMMAND, "rows": rows}, f, indent=1)
   short = {k: row[k] for k in ("name", "train_wall_s", "correct", "clips")}
   short.update({k: round(row[k], 3) for k in ("motion_accuracy", "first_frame_psnr")})
   print(json.dumps(short), flush=True)

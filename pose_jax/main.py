@@ -4,6 +4,9 @@ Kept short: flags, multi-process JAX, config validation, then ``training.train.r
 builds everything else (data, models, state, evals) and prints the toy report for toy data.
 A preempted run (SIGTERM, or Ctrl-C) exits 0 once its latest checkpoint is current; rerunning
 the command resumes it. Config faults print one ``error:`` line naming the key and exit 2.
+The console shows the run's own lines (phases, losses with steps/s and ETA at log steps,
+checkpoints, samples, the report) and library warnings; ``--verbosity=0`` adds the libraries'
+INFO logs (orbax, absl).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import signal
 import sys
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pose_jax import config as config_lib
@@ -114,6 +117,8 @@ def _early_signal(signum, frame) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # library INFO logs (orbax, absl) with --verbosity=0
+    logging.set_verbosity(logging.WARNING)
   if _NUM_PROCESSES.value == 1 and _DISTRIBUTED.value != "on":  # several: JAX's service
     for s in (signal.SIGTERM, signal.SIGINT):  # until train.run installs its own handlers
       signal.signal(s, _early_signal)

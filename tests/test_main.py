@@ -90,7 +90,7 @@ def test_a_missing_config_file_is_one_line():
   ],
 )
 def test_validate_names_the_bad_key(key, value, message):
-  config = load_config("toy_i2v")
+  config = load_config("toy_i2v", "scratch")
   section, name = key.split(".")
   config[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
@@ -98,7 +98,7 @@ def test_validate_names_the_bad_key(key, value, message):
 
 
 def test_extra_fake_updates_need_a_phase_that_trains_the_lora():
-  config = load_config("toy_i2v")
+  config = load_config("toy_i2v", "scratch")
   config.pose.fake_updates_per_step = 3
   config_lib.validate(config, num_devices=8)  # priming trains the LoRA
   config.pose.phases, config.pose.steps = ("pretrain", "equilibrium"), (2, 2)
@@ -109,7 +109,7 @@ def test_extra_fake_updates_need_a_phase_that_trains_the_lora():
 
 
 def test_phases_out_of_order_are_refused():
-  config = load_config("toy_i2v")
+  config = load_config("toy_i2v", "scratch")
   config.pose.phases, config.pose.steps = ("priming", "pretrain"), (2, 2)
   with pytest.raises(config_lib.ConfigError, match=r"config.pose.phases: .* must be in the order"):
     config_lib.validate(config, num_devices=8)
@@ -130,18 +130,18 @@ def test_phases_out_of_order_are_refused():
   ],
 )
 def test_optimizer_values_are_validated(key, value, message):
-  config = load_config("toy_i2v")
+  config = load_config("toy_i2v", "scratch")
   config.optim.student[key] = value
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
     config_lib.validate(config, num_devices=8)
-  config = load_config("toy_i2v")
+  config = load_config("toy_i2v", "scratch")
   config.optim.lora.lr_by_phase = {"priming": -1.0}
   with pytest.raises(config_lib.ConfigError, match="config.optim.lora.lr_by_phase.priming: -1.0"):
     config_lib.validate(config, num_devices=8)
 
 
 def test_distillation_without_a_teacher_is_refused(tmp_path):
-  config = load_config("toy_i2v")
+  config = load_config("toy_i2v", "scratch")
   config.pose.phases, config.pose.steps = ("equilibrium",), (5,)
   with pytest.raises(config_lib.ConfigError, match="config.ckpt.init_from: empty"):
     config_lib.validate(config, num_devices=8)
@@ -205,3 +205,19 @@ def test_readme_fault_table_names_real_tests():
   assert len(names) >= 20
   for name in names:
     assert any(name in d for d in defined), name
+
+
+def test_the_committed_toy_teacher_fits_the_toy_default():
+  # configs/toy_i2v.py starts from assets/toy_teacher: an edit to the toy's model.* without
+  # remaking the teacher (bench/README.md, "The toy teacher") must fail here, not mid-run.
+  from pose_jax.convert import orbax_io
+
+  config = load_config("toy_i2v")
+  config_lib.validate(config, num_devices=8)
+  meta = orbax_io.read_meta(config.ckpt.init_from)
+  assert meta["wan_config"] == config_lib.wan_config(config.model).to_diffusers()
+  assert meta["source"]["bench"] == "toy_teacher", meta["source"]
+  assert "pretrain" not in config.pose.phases
+  assert load_config("toy_i2v", "scratch").pose.phases[0] == "pretrain"
+  with pytest.raises(ValueError, match="toy_i2v.py:bogus"):
+    load_config("toy_i2v", "bogus")

@@ -62,7 +62,7 @@ def test_topology_names():
 def test_toy_config_compiles_every_phase_for_a_tpu_slice(tmp_path):
   out = tmp_path / "toy.json"
   r = _compile(
-    "--config=configs/toy_i2v.py",
+    "--config=configs/toy_i2v.py:scratch",  # every phase
     "--topology=v6e-8",
     "--config.model.attention=splash",  # the Pallas TPU kernel compiles at toy sizes too
     "--config.mesh.shape=(1,-1,1,1)",  # FSDP, as the real config

@@ -19,7 +19,7 @@ from filelock import FileLock
 from tests.helpers import ROOT
 
 SMALL = [
-  "--config=configs/toy_i2v.py",
+  "--config=configs/toy_i2v.py:scratch",  # pretrains (a smaller model than the committed teacher)
   "--config.model.num_layers=2",
   # D = 64 instead of the toy's 192: these runs test checkpoints, signals and resumes, not
   # sample quality, and the narrow model steps and compiles about 3x faster.

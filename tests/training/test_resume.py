@@ -18,7 +18,7 @@ PLAN = {"phases": ["pretrain", "priming", "equilibrium"], "steps": [4, 2, 2]}
 
 
 def _saved(**pose):
-  config = resume.config_json(load_config("toy_i2v"))
+  config = resume.config_json(load_config("toy_i2v", "scratch"))
   config["pose"].update(PLAN, **pose)
   return config
 
@@ -63,7 +63,7 @@ def test_config_changes_refuses_what_a_resume_cannot_change(edit, refusal):
 
 
 def test_check_config_names_every_refused_key():
-  config = load_config("toy_i2v")
+  config = load_config("toy_i2v", "scratch")
   config.pose.phases, config.pose.steps = tuple(PLAN["phases"]), tuple(PLAN["steps"])
   meta = {"phase_index": 2, "config": resume.config_json(config)}
   resume.check_config(meta, config, 8, "WD")  # the same config: nothing to say

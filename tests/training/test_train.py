@@ -36,6 +36,10 @@ def test_full_run_logs_phases_and_tensorboard(full_run):
   workdir, out = full_run
   assert "[pretrain] step 4/4" in out and "[equilibrium] step 8/8" in out
   assert "student_1_step" in out
+  # A quiet console: the run's own lines, no library INFO logs (absl's "I1203 07:48:28 ..."
+  # prefix) without --verbosity=0; a whole (8-step, log_every=1) run fits a screen.
+  lines = out.splitlines()
+  assert not [x for x in lines if re.match(r"I\d{4} ", x)] and len(lines) < 60, out[-3000:]
   tags = runs.tensorboard_tags(workdir)
   want = {"loss/flow", "loss/dmd", "loss/d", "grad_norm/student", "grad_x0/dmd", "grad_x0/adv"}
   want |= {"d/acc_real", "d/acc_fake", "d/margin", "d/margin_block1", "d/r1_over_hinge"}
@@ -94,7 +98,7 @@ class _PoisonedSource(records.SyntheticSource):
 
 
 def test_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_path):
-  config = load_config("toy_i2v")
+  config = load_config("toy_i2v", "scratch")
   config.model.num_layers = 2
   config.pose.phases = ("pretrain",)
   config.pose.steps = (10,)
@@ -121,7 +125,7 @@ def test_distillation_starts_from_the_init_from_teacher(tmp_path):
   """No pretrain phase: the student starts as the converted teacher of ``ckpt.init_from``, read
   straight into its sharding; frozen here, it stays that teacher (seed 7, not the run's seed 0)
   bit for bit."""
-  config = load_config("toy_i2v")
+  config = load_config("toy_i2v", "scratch")
   config.model.num_layers = 2
   config.pose.phases, config.pose.steps = ("priming",), (1,)
   config.optim.freeze = ("^student/",)
