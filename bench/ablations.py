@@ -154,6 +154,9 @@ def main(argv):
   del argv
 
   config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+  import jax  # seeds of a row (and reruns) compile the same programs: keep them on disk
+
+  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
   unknown = [r for r in _ROWS.value if r not in ROWS]
   if unknown or _SEEDS.value < 1:
     raise app.UsageError(f"unknown rows {unknown} (of {list(ROWS)}) or --seeds < 1")

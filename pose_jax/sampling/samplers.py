@@ -7,6 +7,8 @@ call, as the teacher pipeline does. Times are in [0, 1]; the DiT sees ``1000 t``
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pose_jax.pose import generator, timesteps
@@ -44,10 +46,16 @@ def teacher_euler(
   guidance_scale: float = 1.0,
   neg_text=None,
 ):
-  """Flow-matching Euler: ``x <- x + (t_next - t) v``, CFG ``v_u + guidance_scale (v_c - v_u)``."""
+  """Flow-matching Euler: ``x <- x + (t_next - t) v``, CFG ``v_u + guidance_scale (v_c - v_u)``.
+  The steps are one ``lax.scan`` over the times, so the compiled program holds one step's DiT
+  call(s), not ``steps`` copies (``bench/sampler_compile.py``: compile time and size)."""
   v = guided_velocity(graphdef, params, cond, text, image, guidance_scale, neg_text)
   times = euler_times(steps, shift)
-  x = noise
-  for t, t_next in zip(times[:-1], times[1:]):
-    x = x + (t_next - t) * v(x, t)
-  return x
+
+  def step(x, t_pair):
+    t, t_next = t_pair[0], t_pair[1]
+    return x + (t_next - t) * v(x, t), None
+
+  pairs = jnp.stack([jnp.asarray(times[:-1]), jnp.asarray(times[1:])], axis=1)
+  x = noise.astype(jnp.result_type(noise.dtype, jnp.float32))  # the velocity is float32
+  return jax.lax.scan(step, x, pairs)[0]

@@ -25,6 +25,8 @@ noise dtype.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from pose_jax.pose.velocity import guided_velocity
@@ -117,14 +119,56 @@ def _plan(sigmas: np.ndarray, order: int):
   return plan
 
 
-def _update(c, x, m0, older, m_t=None):
-  """``ratio x - c_m0 m0 - c_res (sum_j rho_j (m_j - m0) / rk_j [+ rho_last (m_t - m0)])``."""
+def _coefficients(plan, order: int, corrector: bool) -> dict:
+  """The plan as float64 arrays with one row per step, so that one scanned step serves all:
+  ``order - 1`` older slots, padded with ``rho = 0, rk = 1`` where a step uses fewer (warm-up,
+  ``lower_order_final``); ``corr_on`` 0 at step 0 (no corrector) and without ``corrector``."""
+  slots = order - 1
+
+  def padded(values, fill):
+    out = np.full(slots, fill, np.float64)
+    out[: len(values)] = values
+    return out
+
+  rows = []
+  for corr, pred in plan:
+    row = dict(
+      pred_ratio=pred["ratio"],
+      pred_c_m0=pred["c_m0"],
+      pred_c_res=pred["c_res"],
+      pred_rho=padded(pred["rhos"], 0.0),
+      pred_rk=padded(pred["rks"], 1.0),
+    )
+    on = corr is not None and corrector
+    corr = corr if on else dict(ratio=0.0, c_m0=0.0, c_res=0.0, rhos=[0.0], rks=[])
+    row.update(
+      corr_on=float(on),
+      corr_ratio=corr["ratio"],
+      corr_c_m0=corr["c_m0"],
+      corr_c_res=corr["c_res"],
+      corr_rho=padded(corr["rhos"][:-1], 0.0),
+      corr_rk=padded(corr["rks"], 1.0),
+      corr_rho_last=corr["rhos"][-1],
+    )
+    rows.append(row)
+  return {k: np.stack([np.asarray(r[k], np.float64) for r in rows]) for k in rows[0]}
+
+
+def _mul(c, a):
+  """``c * a`` with the scalar ``c`` in ``a``'s dtype, as a Python float multiplies an array."""
+  return c.astype(a.dtype) * a
+
+
+def _update(ratio, c_m0, c_res, rhos, rks, x, m0, older, m_t=None, rho_last=None):
+  """``ratio x - c_m0 m0 - c_res (sum_j rho_j (m_j - m0) / rk_j [+ rho_last (m_t - m0)])``;
+  ``older[j]`` is the data prediction ``j + 1`` steps before ``m0``."""
   res = 0.0
-  for rho, rk, m in zip(c["rhos"], c["rks"], older):
-    res = res + float(rho) * ((m - m0) / float(rk))
+  for j in range(rhos.shape[0]):
+    d = older[j] - m0
+    res = res + _mul(rhos[j], d / rks[j].astype(d.dtype))
   if m_t is not None:
-    res = res + float(c["rhos"][-1]) * (m_t - m0)
-  return float(c["ratio"]) * x - float(c["c_m0"]) * m0 - float(c["c_res"]) * res
+    res = res + _mul(rho_last, m_t - m0)
+  return _mul(ratio, x) - _mul(c_m0, m0) - (c_res * res if np.isscalar(res) else _mul(c_res, res))
 
 
 def unipc_sample(velocity_fn, noise, *, steps: int, shift: float, order: int = 2, corrector=True):
@@ -138,25 +182,34 @@ def unipc_sample(velocity_fn, noise, *, steps: int, shift: float, order: int = 2
   except at 127, 251, 253, 254, 502, 503, 506, 507, 508 and 511, where no float32 ``t`` gives
   it and it is off by one float32 ulp, at most 3.1e-5.)
 
-  The Python loop is over ``steps`` (static); history is kept as arrays, so the whole call is
-  jit-able. ``corrector=False`` skips UniC (diffusers ``disable_corrector=range(steps)``).
+  The steps are one ``lax.scan`` (one copy of the model call in the compiled program, whatever
+  ``steps``), the last ``order`` data predictions a fixed-size buffer in its carry and each
+  step's coefficients a row of precomputed arrays. ``corrector=False`` skips UniC (diffusers
+  ``disable_corrector=range(steps)``).
   """
   _check_steps(steps)
   if order not in (1, 2, 3):
     raise ValueError(f"UniPC order must be 1, 2 or 3, got {order!r}")
   sigmas, ts = unipc_sigmas(steps, shift)
-  times = ts.astype(np.float64) / 1000.0
+  coef = _coefficients(_plan(sigmas, order), order, corrector)
+  xs = dict(coef, sigma=sigmas[:-1], t=(ts.astype(np.float64) / 1000.0).astype(np.float32))
+  xs = {k: jnp.asarray(v, jnp.float32) for k, v in xs.items()}  # the times stay exact float32
   dtype = noise.dtype
-  x, last, hist = noise, None, []  # hist: data predictions, newest last
-  for i, (corr, pred) in enumerate(_plan(sigmas, order)):
-    m_t = x - float(sigmas[i]) * velocity_fn(x, np.float32(times[i]))
-    if corr is not None and corrector:
-      # m_{i-1} and the corrector's older m_{i-2}, ..., m_{i-k}
-      x = _update(corr, last, hist[-1], hist[-2 : -corr["k"] - 1 : -1], m_t).astype(dtype)
-    hist = (hist + [m_t])[-order:]
-    last = x
-    x = _update(pred, x, m_t, hist[-2 : -pred["k"] - 1 : -1]).astype(dtype)
-  return x
+  v_dtype = jax.eval_shape(velocity_fn, noise, xs["t"][0]).dtype
+  m_dtype = jnp.result_type(dtype, v_dtype)
+
+  def step(carry, c):
+    x, last, hist = carry  # hist[j]: the data prediction j + 1 steps back (newest first)
+    m_t = x - _mul(c["sigma"], velocity_fn(x, c["t"]))
+    corr = (c["corr_ratio"], c["corr_c_m0"], c["corr_c_res"], c["corr_rho"], c["corr_rk"])
+    corrected = _update(*corr, last, hist[0], hist[1:], m_t, c["corr_rho_last"]).astype(dtype)
+    x = jnp.where(c["corr_on"] > 0, corrected, x)
+    hist = jnp.concatenate([m_t[None].astype(m_dtype), hist[:-1]])
+    pred = (c["pred_ratio"], c["pred_c_m0"], c["pred_c_res"], c["pred_rho"], c["pred_rk"])
+    return (_update(*pred, x, m_t, hist[1:]).astype(dtype), x, hist), None
+
+  hist = jnp.zeros((max(order, 1), *noise.shape), m_dtype)
+  return jax.lax.scan(step, (noise, noise, hist), xs)[0][0]
 
 
 def teacher_unipc(

@@ -94,3 +94,25 @@ def test_euler_times_equal_diffusers_scheduler_sigmas(shift, steps):
   np.testing.assert_allclose(
     samplers.euler_times(steps, shift), scheduler.sigmas.numpy(), atol=1e-7
   )
+
+
+def test_multistep_euler_is_the_loop_and_compiles_one_step(model):
+  """k guided Euler steps equal the plain loop over ``euler_times`` (a scan that skipped or
+  repeated a time, or swapped ``t`` and ``t_next``, fails), and the compiled program holds one
+  step's DiT calls whatever k (the sampler is a ``lax.scan``, not k inlined copies)."""
+  graphdef, params, i = model
+  neg = jax.random.normal(jax.random.key(7), i["text"].shape)
+  run = lambda p, steps: samplers.teacher_euler(
+    graphdef, p, i["noise"], i["cond"], i["text"], i["image"], steps=steps, shift=3.0,
+    guidance_scale=2.0, neg_text=neg,
+  )  # fmt: skip
+  v = lambda x, t, text: dit_forward(graphdef, params, x, t, i["cond"], text, i["image"])
+  x, times = i["noise"], samplers.euler_times(3, 3.0)
+  for t, t_next in zip(times[:-1], times[1:]):
+    v_u = v(x, t, neg)
+    x = x + (t_next - t) * (v_u + 2.0 * (v(x, t, i["text"]) - v_u))
+  np.testing.assert_allclose(run(params, 3), x, rtol=1e-5, atol=1e-5)
+  dots = lambda steps: (
+    jax.jit(run, static_argnums=1).lower(params, steps).as_text().count("dot_general")
+  )
+  assert dots(2) == dots(6) > 0

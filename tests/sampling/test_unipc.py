@@ -117,18 +117,28 @@ def test_corrector_matters_and_matches_only_when_on():
 def test_model_times_and_jit():
   seen = []
 
-  def fn(x, t):
-    seen.append(t)
+  def fn(x, t):  # the steps are one scan: the model is traced once, and sees each step's t
+    jax.debug.callback(lambda t: seen.append(np.asarray(t)), t, ordered=True)
     return field(x, t, jnp)
 
   noise = jnp.asarray(NOISE, jnp.float32)
   eager = unipc.unipc_sample(fn, noise, steps=4, shift=3.0)
   _, ts = unipc.unipc_sigmas(4, 3.0)
   np.testing.assert_array_equal(ts, [999, 900, 750, 500])  # 1000 sigma = 999.999, ..., 500.999
-  assert [type(t) for t in seen] == [np.float32] * 4
+  assert [t.dtype for t in seen] == [np.float32] * 4
   np.testing.assert_array_equal(np.array(seen) * np.float32(1000), ts.astype(np.float32))
   jitted = jax.jit(lambda n: unipc.unipc_sample(fn, n, steps=4, shift=3.0))(noise)
   np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_the_compiled_sampler_holds_one_model_call_whatever_the_steps():
+  noise = jnp.asarray(NOISE, jnp.float32)
+  hlo = lambda steps: (
+    jax.jit(lambda n: unipc.unipc_sample(lambda x, t: field(x, t, jnp), n, steps=steps, shift=3.0))
+    .lower(noise)
+    .as_text()
+  )
+  assert hlo(4).count("tanh") == hlo(40).count("tanh") == 1
 
 
 def test_bad_args():
