@@ -44,8 +44,8 @@ _SAVE = flags.DEFINE_string(
   "save_teacher", None, "Also write the scored teacher here as a model checkpoint (ckpt.init_from)."
 )
 COMMAND = (
-  "python bench/toy_teacher.py --name=NAME --workdir=DIR [--config=FILE[:ARG]] [--config.KEY=VALUE ...]"
-  " (each row's argv is its whole command)"
+  "python bench/toy_teacher.py --name=NAME --workdir=DIR [--config=FILE[:ARG]]"
+  " [--config.KEY=VALUE ...] (each row's argv is its whole command)"
 )
 _OUT = flags.DEFINE_string("out", os.path.join(ROOT, "bench", "results", "toy_teacher.json"), "")
 
