@@ -90,9 +90,10 @@ class EvalSampler:
     self.noise = jax.random.normal(jax.random.key(seed), np.shape(batch["latents"]), jnp.float32)
     real = _to_unit(decode(np.asarray(batch["latents"])))
     self.image = real[:, 0]  # the condition image as the decoder reproduces it
-    b = self.batch
+    # The noise and the batch are arguments, not closed-over constants baked into the program
+    # (~200 MB of them at 480p).
     self._sample = jax.jit(
-      lambda p: samplers.student(dit, p, self.noise, b.get("cond"), b["text"], b.get("image"))
+      lambda p, noise, b: samplers.student(dit, p, noise, b.get("cond"), b["text"], b.get("image"))
     )
 
   def due(self, step: int, stop: int) -> bool:
@@ -101,7 +102,8 @@ class EvalSampler:
   def __call__(self, step: int, state) -> dict[str, float]:
     metrics, written = {}, []
     for name, params in (("student", state.params["student"]), ("ema", state.ema)):
-      latents = multihost_utils.process_allgather(self._sample(params), tiled=True)
+      x = self._sample(params, self.noise, self.batch)
+      latents = multihost_utils.process_allgather(x, tiled=True)
       video = _to_unit(self.decode(np.asarray(latents)))
       scores = evaluators.evaluate(video, self.image, fps=self.fps)
       metrics.update({f"eval/{name}/{k}": v for k, v in scores.items()})
@@ -202,20 +204,20 @@ def teacher_sample(
   ``batch`` from the fixed noise of ``seed``: latents like ``batch['latents']``."""
   noise = jax.random.normal(jax.random.key(seed), batch["latents"].shape, jnp.float32)
   run = jax.jit(
-    lambda p: samplers.teacher_euler(
+    lambda p, noise, cond, text, image, neg: samplers.teacher_euler(
       models.dit,
       p,
       noise,
-      batch["cond"],
-      batch["text"],
-      batch["image"],
+      cond,
+      text,
+      image,
       steps=steps,
       shift=shift,
       guidance_scale=guidance,
-      neg_text=batch["neg_text"],
+      neg_text=neg,
     )
-  )
-  return run(params)
+  )  # the batch as arguments, not constants in the program
+  return run(params, noise, *(batch[k] for k in ("cond", "text", "image", "neg_text")))
 
 
 def toy_report(
@@ -239,8 +241,8 @@ def toy_report(
   x_teacher = teacher_sample(
     models, teacher, batch, steps=teacher_steps, shift=shift, guidance=guidance_scale, seed=seed
   )
-  one_step = jax.jit(lambda p: samplers.student(models.dit, p, *common))
-  x_student, x_teacher_1 = one_step(state.params["student"]), one_step(teacher)
+  one_step = jax.jit(lambda p, *common: samplers.student(models.dit, p, *common))
+  x_student, x_teacher_1 = one_step(state.params["student"], *common), one_step(teacher, *common)
   real = decode(batch["latents"])
   out = {"data": toy_metrics(real, real, moves)}
   runs = (

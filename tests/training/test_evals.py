@@ -71,6 +71,11 @@ def test_sample_index_names_prompt_condition_image_and_weights(tmp_path):
     "condition_0.png",
     "condition_1.png",
   ]
+  # The eval batch and noise are arguments of the sampling program, not constants baked into
+  # it (closed over, the noise alone would be one hex constant line of 2 x its bytes; ~200 MB
+  # of such constants at 480p). The model's own RoPE tables are ~20 kB lines.
+  text = sampler._sample.lower(params, sampler.noise, sampler.batch).as_text()
+  assert max(len(line) for line in text.splitlines()) < 2 * sampler.noise.nbytes
 
 
 def test_toy_metrics_score_the_captioned_move():
