@@ -91,6 +91,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _fail("train.batch_size", f"{t.batch_size} is not divisible by {num_processes} processes")
   if t.micro_batches < 1 or (t.batch_size // num_processes) % t.micro_batches:
     _fail("train.micro_batches", f"{t.micro_batches} does not divide the per-process batch")
+  if (t.batch_size // t.micro_batches) % dp:
+    _fail(
+      "train.micro_batches",
+      f"{t.micro_batches}: a micro-batch of {t.batch_size // t.micro_batches} clips does not "
+      f"divide over data x fsdp parallelism {dp}",
+    )
   if config.eval.every < 0:
     _fail("eval.every", f"{config.eval.every} must be >= 0 (0: sample only at phase ends)")
   if config.eval.teacher_steps < 1:

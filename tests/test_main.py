@@ -62,6 +62,7 @@ def test_a_missing_config_file_is_one_line():
     ("mesh.shape", (3, 1, 1, 1), "config.mesh.shape: mesh shape"),
     ("train.batch_size", 3, "config.train.batch_size: 3 is not divisible"),
     ("train.micro_batches", 3, "config.train.micro_batches: 3 does not divide"),
+    ("train.micro_batches", 2, "micro-batch of 4 clips does not divide over data x fsdp"),
     ("model.preset", "huge", "config.model.preset: unknown preset"),
     ("model.remat", "sometimes", "config.model: invalid WanConfig"),
     ("pose.phases", ("pretrain", "finetune"), "config.pose.phases: unknown ['finetune']"),

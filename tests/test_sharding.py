@@ -141,3 +141,32 @@ def test_mesh_and_rule_errors():
   with pytest.raises(KeyError, match="no rule"):
     shd.logical_to_spec(("embedding",))
   assert shd.logical_to_spec((shd.ACT_BATCH, shd.EMBED)) == P(("data", "fsdp"), "fsdp")
+
+
+def test_strided_micro_batches_need_no_data_movement():
+  """A batch sharded over (data, fsdp) splits into micro-batches with no collective in the
+  compiled scan: micro-batch ``i`` is rows ``i, i + m, ...``. The contiguous split (rows
+  ``i B/m ...``) needs one, which is what this test would catch."""
+  from jax.sharding import Mesh
+
+  from pose_jax.training import steps
+
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "fsdp"))
+  spec = NamedSharding(mesh, P(("data", "fsdp")))
+  x = jax.device_put(jnp.arange(32 * 3.0).reshape(32, 3), spec)
+  contiguous = lambda a, m: a.reshape(m, a.shape[0] // m, *a.shape[1:])
+
+  def program(split):
+    def f(a):
+      parts = split(a, 2)
+      return jax.lax.scan(lambda c, mb: (c, jnp.sin(mb)), 0.0, parts)[1]
+
+    out = NamedSharding(mesh, P(None, ("data", "fsdp")))
+    return jax.jit(f, out_shardings=out).lower(x).compile().as_text()
+
+  collectives = ("all-to-all", "collective-permute", "all-gather", "all-reduce")
+  strided = program(lambda a, m: steps.split_micro_batches({"a": a}, m)["a"])
+  assert not any(c in strided for c in collectives)
+  assert any(c in program(contiguous) for c in collectives)
+  parts = np.asarray(steps.split_micro_batches({"a": x}, 2)["a"])
+  np.testing.assert_array_equal(parts[1], np.asarray(x)[1::2])

@@ -58,14 +58,27 @@ def _grads(loss_fn, params, batch, key, ctx: LossContext, probes=()):
   return loss, metrics, grads
 
 
+def split_micro_batches(batch, micro_batches: int):
+  """``[B, ...] -> [m, B / m, ...]``, strided: micro-batch ``i`` holds rows ``i, i + m, ...``.
+  A batch sharded in contiguous blocks over (data, fsdp) then gives every device its own
+  ``1 / m`` of each micro-batch, with no data moved between devices (a contiguous split would
+  put each micro-batch on ``1 / m`` of the devices: a reshuffle every step). ``config.validate``
+  requires each micro-batch to divide over data x fsdp."""
+  return jax.tree.map(
+    lambda a: jnp.swapaxes(
+      a.reshape(a.shape[0] // micro_batches, micro_batches, *a.shape[1:]), 0, 1
+    ),
+    batch,
+  )
+
+
 def accumulate(loss_fn, params, batch, key, ctx: LossContext, micro_batches: int, probes=()):
-  """:func:`_grads` averaged over ``micro_batches`` equal slices of the batch (a ``scan``);
-  slice ``i`` uses ``fold_in(key, i)``. One slice: the whole batch with ``key`` itself."""
+  """:func:`_grads` averaged over ``micro_batches`` strided slices of the batch (a ``scan``,
+  :func:`split_micro_batches`); slice ``i`` uses ``fold_in(key, i)``. One slice: the whole
+  batch with ``key`` itself."""
   if micro_batches == 1:
     return _grads(loss_fn, params, batch, key, ctx, probes)
-  split = jax.tree.map(
-    lambda a: a.reshape(micro_batches, a.shape[0] // micro_batches, *a.shape[1:]), batch
-  )
+  split = split_micro_batches(batch, micro_batches)
 
   def body(carry, xs):
     mb, i = xs
