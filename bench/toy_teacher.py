@@ -134,22 +134,21 @@ def text_effect(models, teacher, batch: dict, moves: list[str]) -> dict:
 def main(argv):
   del argv
   import jax
+  from flax import nnx
 
+  from pose_jax import config as config_lib
   from pose_jax.training import train
 
   config = _CONFIG.value
+  cfg = config_lib.wan_config(config.model)
   if _STEP.value is None:
     t0 = time.perf_counter()
     state = train.run(config, _WORKDIR.value)
     wall = time.perf_counter() - t0
     teacher = jax.tree.map(lambda a: a, state.params["student"])
   else:  # a saved step of an earlier (or still running) run
-    from flax import nnx
-
-    from pose_jax import config as config_lib
     from pose_jax.sampling import loading
 
-    cfg = config_lib.wan_config(config.model)
     model, _ = loading.load_dit(_WORKDIR.value, which="student", step=_STEP.value, config=cfg)
     teacher, wall = nnx.state(model), None
   row = {
@@ -163,13 +162,10 @@ def main(argv):
     **score(config, _WORKDIR.value, teacher, _STEPS.value, _CFG.value),
   }
   if _SAVE.value:
-    from flax import nnx
-
-    from pose_jax import config as config_lib
     from pose_jax.convert import orbax_io
 
     source = {"bench": "toy_teacher", **{k: row[k] for k in ("name", "argv", "step")}}
-    meta = orbax_io.model_meta(config_lib.wan_config(config.model), source)
+    meta = orbax_io.model_meta(cfg, source)
     orbax_io.save_model_checkpoint(_SAVE.value, nnx.to_pure_dict(teacher), meta, overwrite=True)
   rows = []
   if os.path.isfile(_OUT.value):

@@ -208,7 +208,7 @@ def unipc_sample(velocity_fn, noise, *, steps: int, shift: float, order: int = 2
     pred = (c["pred_ratio"], c["pred_c_m0"], c["pred_c_res"], c["pred_rho"], c["pred_rk"])
     return (_update(*pred, x, m_t, hist[1:]).astype(dtype), x, hist), None
 
-  hist = jnp.zeros((max(order, 1), *noise.shape), m_dtype)
+  hist = jnp.zeros((order, *noise.shape), m_dtype)  # order >= 1, checked above
   return jax.lax.scan(step, (noise, noise, hist), xs)[0][0]
 
 
