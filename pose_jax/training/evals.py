@@ -35,6 +35,7 @@ from jax.experimental import multihost_utils
 
 from pose_jax import evaluators
 from pose_jax.sampling import samplers, video_io
+from pose_jax.training import loop
 
 Decode = Callable[[np.ndarray], np.ndarray]  # latents [B,N,h,w,Z] -> video [B,F,H,W,3] in [-1,1]
 
@@ -92,8 +93,9 @@ class EvalSampler:
     self.image = real[:, 0]  # the condition image as the decoder reproduces it
     # The noise and the batch are arguments, not closed-over constants baked into the program
     # (~200 MB of them at 480p).
-    self._sample = jax.jit(
-      lambda p, noise, b: samplers.student(dit, p, noise, b.get("cond"), b["text"], b.get("image"))
+    self._sample = loop.SyncedJit(
+      lambda p, noise, b: samplers.student(dit, p, noise, b.get("cond"), b["text"], b.get("image")),
+      "eval sampler",
     )
 
   def due(self, step: int, stop: int) -> bool:
@@ -203,7 +205,7 @@ def teacher_sample(
   """The teacher's ``steps``-step Euler sample (CFG ``guidance`` against ``neg_text``) of
   ``batch`` from the fixed noise of ``seed``: latents like ``batch['latents']``."""
   noise = jax.random.normal(jax.random.key(seed), batch["latents"].shape, jnp.float32)
-  run = jax.jit(
+  run = loop.SyncedJit(
     lambda p, noise, cond, text, image, neg: samplers.teacher_euler(
       models.dit,
       p,
@@ -215,7 +217,8 @@ def teacher_sample(
       shift=shift,
       guidance_scale=guidance,
       neg_text=neg,
-    )
+    ),
+    "teacher sampler",
   )  # the batch as arguments, not constants in the program
   return run(params, noise, *(batch[k] for k in ("cond", "text", "image", "neg_text")))
 
@@ -241,7 +244,9 @@ def toy_report(
   x_teacher = teacher_sample(
     models, teacher, batch, steps=teacher_steps, shift=shift, guidance=guidance_scale, seed=seed
   )
-  one_step = jax.jit(lambda p, *common: samplers.student(models.dit, p, *common))
+  one_step = loop.SyncedJit(
+    lambda p, *common: samplers.student(models.dit, p, *common), "one-step sampler"
+  )
   x_student, x_teacher_1 = one_step(state.params["student"], *common), one_step(teacher, *common)
   real = decode(batch["latents"])
   out = {"data": toy_metrics(real, real, moves)}

@@ -194,6 +194,36 @@ class LoopContext:
     }
 
 
+def barrier(key: str) -> None:
+  """With several processes, waits until all reach ``key`` (the coordination service's barrier).
+  Called after each compile, so the programs start together: a compile's time varies by host,
+  and gloo, the CPU collectives, aborts the process on a peer about 30 s late."""
+  if jax.process_count() > 1:
+    sync = ocp.multihost.get_barrier_sync_fn()
+    sync(key=key, timeout_ms=COMPILE_BARRIER_S * 1000)
+
+
+class SyncedJit:
+  """``jax.jit(fn)`` whose programs start together on every process: with several processes each
+  new argument signature is compiled ahead, then :func:`barrier`; one process is a plain jit."""
+
+  def __init__(self, fn, name: str):
+    self.jitted, self.name, self._compiled = jax.jit(fn), name, {}
+
+  def __call__(self, *args):
+    if jax.process_count() == 1:
+      return self.jitted(*args)
+    leaves, tree = jax.tree.flatten(args)
+    key = (tree, tuple((x.shape, x.dtype, getattr(x, "sharding", None)) for x in leaves))
+    if key not in self._compiled:
+      self._compiled[key] = self.jitted.lower(*args).compile()
+      barrier(f"pose_jax: {self.name} compiled ({len(self._compiled)})")
+    return self._compiled[key](*args)
+
+  def lower(self, *args):
+    return self.jitted.lower(*args)
+
+
 def compile_step(phase: str, jitted, *args):
   """``jitted`` lowered and compiled for ``args``; logs XLA's memory and FLOPs and the time.
 
@@ -217,10 +247,7 @@ def compile_step(phase: str, jitted, *args):
   if "error" in out:
     raise out["error"]
   compiled = out["compiled"]
-  if jax.process_count() > 1:  # start the steps together (a compile's time varies by host; gloo,
-    # the CPU collectives, gives up on a peer about 30 s late): the coordination service's barrier
-    sync = ocp.multihost.get_barrier_sync_fn()
-    sync(key=f"pose_jax: {phase} step compiled", timeout_ms=COMPILE_BARRIER_S * 1000)
+  barrier(f"pose_jax: {phase} step compiled")
   stats = compiled_stats(compiled)
   print(f"[{phase}] compiled step: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
   print(f"[{phase}] compile {time.perf_counter() - t0:.1f}s")

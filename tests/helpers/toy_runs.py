@@ -95,7 +95,7 @@ def wait_for_checkpoint(workdir, step, procs):
   deadline = time.time() + 900
   while not os.path.isdir(done):
     for p in procs:
-      assert p.poll() is None, p.stdout.read()[-3000:]
+      assert p.poll() is None, _failure(p.stdout.read())
     assert time.time() < deadline
     time.sleep(0.2)
 

@@ -47,8 +47,7 @@ def eval_one_step(pipe, meta, batch, i: int, noise) -> np.ndarray:
   clip = {k: np.asarray(v)[i : i + 1] for k, v in batch.items() if k != "neg_text"}
   decode = evals.toy_decoder(meta["config"]["data"])
   sampler = evals.EvalSampler("unused", clip, decode, pipe.graphdef, every=0)
-  sampler.noise = noise  # read when its sampler is first traced
-  video = evals._to_unit(decode(np.asarray(sampler._sample(pipe.params))))[0]
+  video = evals._to_unit(decode(np.asarray(sampler._sample(pipe.params, noise, sampler.batch))))[0]
   return video_io.to_uint8(video)
 
 
