@@ -2,7 +2,9 @@
 
 ``run_phase`` calls a compiled step for the global steps ``start + 1 .. stop``, counted on the
 host. The device is read only at log steps (``train.log_every`` and the phase's last step): one
-``device_get`` of the step's metrics and the streak of non-finite steps. A non-finite step
+``device_get`` of the step's metrics and the streak of non-finite steps. The step, that read and
+the next batch's transfer run under ``jax.transfer_guard("disallow")``, so any implicit
+transfer (a sync that would stall the asynchronous dispatch) is an error. A non-finite step
 leaves the parameters as they were (the step's own guard), so a streak found at a log step
 stops the run with nothing lost; a streak that ends between log steps did no harm. Each step
 may checkpoint (``ckpt.every``; always at the phase's end and on preemption).
@@ -273,10 +275,12 @@ def run_phase(
   t_last, s_last = time.perf_counter(), start
   ctx.watch.busy()
   for step in range(start + 1, stop + 1):
-    state, metrics = compiled(state, teacher, batch)
-    bad_steps = None
-    if step % ctx.log_every == 0 or step == stop:
-      metrics, bad_steps = jax.device_get((metrics, state.bad_steps))
+    with jax.transfer_guard("disallow"):  # a hidden sync (``int(state.step)``) is an error
+      state, metrics = compiled(state, teacher, batch)
+      bad_steps = None
+      if step % ctx.log_every == 0 or step == stop:
+        metrics, bad_steps = jax.device_get((metrics, state.bad_steps))
+    if bad_steps is not None:
       ctx.writer.write(step, {**metrics, "phase_index": meta["phase_index"]})
       now = time.perf_counter()
       rate = (step - s_last) / max(now - t_last, 1e-9)
@@ -300,8 +304,9 @@ def run_phase(
     if preempted:
       ctx.mngr.wait_until_finished()
       raise Preempted(step, ctx.watch.signalled or "SIGTERM")
-    if step < stop:
-      batch = ctx.next_batch()
+    if step < stop:  # read and sent while the step runs (dispatch is asynchronous)
+      with jax.transfer_guard("disallow"):
+        batch = ctx.next_batch()
   ctx.watch.idle_at(stop)  # saved (asynchronously: the run's exit waits for it)
   return state
 

@@ -92,31 +92,38 @@ def accumulate(loss_fn, params, batch, key, ctx: LossContext, micro_batches: int
   return jax.tree.map(lambda a: a / micro_batches, total)
 
 
-def fake_updates(phase: Phase, tx, params, opt_state, batch, key, ctx: LossContext, count: int):
+def fake_updates(
+  phase: Phase, tx, params, opt_state, batch, key, ctx: LossContext, count: int, micro_batches=1
+):
   """``count`` LoRA-only updates (a ``scan``, one key each from ``split(key, count)``) of
-  :func:`pose_jax.pose.phases.fake_score_loss` on the phase's generator sample. The other
-  groups' parameters and optimizer states stay as they are (their zero-gradient updates are
-  computed and dropped, so XLA removes them). Returns ``(params, opt_state, finite, losses)``.
+  :func:`pose_jax.pose.phases.fake_score_loss` on the phase's generator sample, each gradient
+  averaged over ``micro_batches`` like the fused update (:func:`accumulate`). The scan carries
+  only the LoRA, its optimizer state and a finite flag: the other groups' parameters and states
+  are loop-invariant inputs, and their zero-gradient updates are dropped (so XLA removes them).
+  Returns ``(params, opt_state, finite, losses)``.
   """
+  rest = {g: v for g, v in params.items() if g != "lora"}
+  zeros = jax.tree.map(jnp.zeros_like, rest)  # the other groups' (discarded) gradients
+
+  def loss_fn(lora, mb, k, ctx):
+    loss = phases.fake_score_loss({**rest, "lora": lora}, mb, k, ctx, sample=phase.sample)
+    return loss, {}
 
   def update(carry, k):
-    params, opt_state, finite = carry
-    f = lambda lora: phases.fake_score_loss(
-      {**params, "lora": lora}, batch, k, ctx, sample=phase.sample
-    )
-    loss, g = jax.value_and_grad(f)(params["lora"])
-    grads = {**jax.tree.map(jnp.zeros_like, params), "lora": g}
-    updates, new_opt = tx.update(grads, opt_state, params)
-    params = {**params, "lora": optax.apply_updates(params["lora"], updates["lora"])}
-    inner = {**opt_state.inner_states, "lora": new_opt.inner_states["lora"]}
+    lora, lora_state, finite = carry
+    loss, _, g = accumulate(loss_fn, lora, batch, k, ctx, micro_batches)
+    state = opt_state._replace(inner_states={**opt_state.inner_states, "lora": lora_state})
+    updates, new_state = tx.update({**zeros, "lora": g}, state, {**rest, "lora": lora})
+    lora = optax.apply_updates(lora, updates["lora"])
     finite = finite & jnp.isfinite(loss) & _all_finite(g)
-    return (params, opt_state._replace(inner_states=inner), finite), loss
+    return (lora, new_state.inner_states["lora"], finite), loss
 
-  carry = (params, opt_state, jnp.bool_(True))
-  (params, opt_state, finite), fake_losses = jax.lax.scan(
+  carry = (params["lora"], opt_state.inner_states["lora"], jnp.bool_(True))
+  (lora, lora_state, finite), fake_losses = jax.lax.scan(
     update, carry, jax.random.split(key, count)
   )
-  return params, opt_state, finite, fake_losses
+  inner = {**opt_state.inner_states, "lora": lora_state}
+  return {**params, "lora": lora}, opt_state._replace(inner_states=inner), finite, fake_losses
 
 
 def make_step(
@@ -141,7 +148,7 @@ def make_step(
     if extra_fake:
       key, k_fake = jax.random.split(key)
       params, opt_state, fake_ok, fake_losses = fake_updates(
-        record, tx, params, opt_state, batch, k_fake, ctx, extra_fake
+        record, tx, params, opt_state, batch, k_fake, ctx, extra_fake, micro_batches
       )
       extra["loss/fake_extra"] = jnp.mean(fake_losses)
     loss, metrics, grads = accumulate(
