@@ -56,8 +56,9 @@ def save_videos(folder: str, u8: np.ndarray, fps: int) -> None:
     video_io.write_mp4(os.path.join(folder, f"clip_{i}.mp4"), u8[i], fps=fps)
 
 
-def _median_seconds(fn, repeats: int = 3) -> float:
-  fn()  # warm-up: the compile
+def _median_seconds(fn, repeats: int = 3, warm_up: bool = True) -> float:
+  if warm_up:
+    fn()  # the compile
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -76,12 +77,15 @@ def score(
   fvd,
   data_seed: int,
   videos_dir: str | None = None,
+  timed: bool = True,
 ) -> dict:
   """One recipe's samples of ``batch`` (every held-out clip) from the noise of ``seed``,
   scored (module docstring). ``sampler``: ``student`` (``steps`` steps) or ``teacher`` (Euler,
   ``steps`` steps, CFG ``config.pose.cfg_real``); ``fvd``: videos in [0, 1] -> distance to the
   real held-out clips; ``data_seed``: the seed the toy encoders were made with.
-  ``videos_dir``: also write each clip's mp4 and ``samples.npy`` (uint8) there."""
+  ``videos_dir``: also write each clip's mp4 and ``samples.npy`` (uint8) there. ``timed``:
+  measure ``dit_ms`` and ``e2e_ms`` (else None: the latency of a recipe does not depend on its
+  seed, so ``ablations.py`` times one seed per row)."""
   import jax
   import jax.numpy as jnp
 
@@ -100,7 +104,7 @@ def score(
   noise = jax.random.normal(jax.random.key(seed), batch["latents"].shape, jnp.float32)
   neg = jnp.broadcast_to(batch["neg_text"][:1], batch["text"].shape)
   if sampler == "teacher":
-    run = lambda p, cond, text, image: samplers.teacher_euler(
+    run = lambda p, noise, cond, text, image: samplers.teacher_euler(
       dit,
       p,
       noise,
@@ -115,14 +119,14 @@ def score(
     nfe = 2 * steps
   else:
     key = jax.random.key(seed + 1)
-    run = lambda p, cond, text, image: samplers.student(
+    run = lambda p, noise, cond, text, image: samplers.student(
       dit, p, noise, cond, text, image, steps=steps, shift=knobs.flow_shift, key=key
     )
     nfe = steps
-  run = jax.jit(run)
-  args = (jnp.asarray(batch["cond"]), jnp.asarray(batch["text"]), jnp.asarray(batch["image"]))
-  x = np.asarray(run(params, *args))
-  dit_s = _median_seconds(lambda: run(params, *args).block_until_ready())
+  run = jax.jit(run)  # the noise and batch as arguments, not constants in the program
+  args = (noise, *(jnp.asarray(batch[k]) for k in ("cond", "text", "image")))
+  x = np.asarray(run(params, *args))  # (the compile)
+  dit_s = timed and _median_seconds(lambda: run(params, *args).block_until_ready(), warm_up=False)
 
   enc = toy.ToyEncoders.create(data_seed)
   real = np.asarray(codec.decode(np.asarray(batch["latents"])))
@@ -133,10 +137,10 @@ def score(
     text, _ = enc.encode_text(captions)
     image = enc.encode_image(first_u8)
     cond = codec.condition(real[:, 0], real.shape[1])
-    out = run(params, jnp.asarray(cond), jnp.asarray(text), jnp.asarray(image))
+    out = run(params, noise, jnp.asarray(cond), jnp.asarray(text), jnp.asarray(image))
     return np.asarray(codec.decode(np.asarray(out)))
 
-  e2e_s = _median_seconds(end_to_end)
+  e2e_s = timed and _median_seconds(end_to_end)  # warm-up: the encoders' compiles
   video = np.clip(np.asarray(codec.decode(x)), -1, 1)
   moves = evals.toy_moves(batch)
   photo = [i for i, m in enumerate(moves) if m is not None]
@@ -152,8 +156,8 @@ def score(
     "flicker": float(np.mean(evaluators.flicker(unit).score)),
     "fvd": float(fvd(unit)),
     "found": [str(m) for m in evaluators.camera_move(unit[photo]).move],
-    "dit_ms": 1e3 * dit_s / len(x),
-    "e2e_ms": 1e3 * e2e_s / len(x),
+    "dit_ms": 1e3 * dit_s / len(x) if timed else None,
+    "e2e_ms": 1e3 * e2e_s / len(x) if timed else None,
     "clips": len(x),
   }
   if videos_dir:

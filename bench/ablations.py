@@ -107,7 +107,7 @@ def run_row(config, name: str, seed: int, teacher: str, train_dir: str, eval_bat
   steps = _TEACHER_STEPS.value if row.sampler == "teacher" else row.steps
   videos = os.path.join(workdir, "videos", name) if seed == 0 else None
   scores = ablation_report.score(
-    c, params, eval_batch, row.sampler, steps, seed, fvd, config.seed, videos
+    c, params, eval_batch, row.sampler, steps, seed, fvd, config.seed, videos, timed=seed == 0
   )
   wall = None if wall is None else round(wall, 1)
   return {"row": name, "what": row.what, "seed": seed, "train_wall_s": wall, **scores}

@@ -2,9 +2,11 @@
 
 ``run_phase`` calls a compiled step for the global steps ``start + 1 .. stop``, counted on the
 host. The device is read only at log steps (``train.log_every`` and the phase's last step): one
-``device_get`` of the step's metrics and the streak of non-finite steps. The step, that read and
-the next batch's transfer run under ``jax.transfer_guard("disallow")``, so any implicit
-transfer (a sync that would stall the asynchronous dispatch) is an error. A non-finite step
+``device_get`` of the step's metrics and the streak of non-finite steps. The step and that read
+run under ``jax.transfer_guard("disallow")``, so any implicit transfer (a sync that would stall
+the asynchronous dispatch) is an error; the next batch is read and sent while the step runs
+(outside the guard: with several processes ``make_array_from_process_local_data`` counts as an
+implicit transfer). A non-finite step
 leaves the parameters as they were (the step's own guard), so a streak found at a log step
 stops the run with nothing lost; a streak that ends between log steps did no harm. Each step
 may checkpoint (``ckpt.every``; always at the phase's end and on preemption).
@@ -305,8 +307,7 @@ def run_phase(
       ctx.mngr.wait_until_finished()
       raise Preempted(step, ctx.watch.signalled or "SIGTERM")
     if step < stop:  # read and sent while the step runs (dispatch is asynchronous)
-      with jax.transfer_guard("disallow"):
-        batch = ctx.next_batch()
+      batch = ctx.next_batch()
   ctx.watch.idle_at(stop)  # saved (asynchronously: the run's exit waits for it)
   return state
 

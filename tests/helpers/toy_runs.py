@@ -95,7 +95,11 @@ def wait_for_checkpoint(workdir, step, procs):
   deadline = time.time() + 900
   while not os.path.isdir(done):
     for p in procs:
-      assert p.poll() is None, _failure(p.stdout.read())
+      if p.poll() is not None:  # died: stop the others (no orphan outlives the test), report
+        for other in procs:
+          if other is not p and other.poll() is None:
+            kill(other)
+        raise AssertionError(_failure(p.stdout.read()))
     assert time.time() < deadline
     time.sleep(0.2)
 
