@@ -51,7 +51,7 @@ def dit_flops(cfg, batch: int, grid, text_len: int, image_len: int, blocks=None,
     * batch
     * (
       text_len * (cfg.text_dim * d + d * d)
-      + img * (cfg.image_dim * cfg.image_dim + cfg.image_dim * d)
+      + img * ((cfg.image_dim or 0) ** 2 + (cfg.image_dim or 0) * d)  # T2V: no image tokens
       + (cfg.freq_dim * d + d * d + d * 6 * d)
     )
   )
