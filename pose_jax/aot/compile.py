@@ -228,7 +228,7 @@ def compile_phase(s: Setup, phase: str, start: int, stop: int) -> dict:
     dict(batch=train.batch_size, micro_batches=train.micro_batches),
     s.flops(phase, train.batch_size),
     steps.jit_step(step, state),
-    (state, s.teacher, batch),
+    (state, pose_models.stored_teacher(s.teacher, s.knobs), batch),
     names=("state", "teacher", "batch"),
     state=state,
   )

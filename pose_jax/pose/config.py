@@ -12,6 +12,7 @@ import dataclasses
 PHASES = ("pretrain", "priming", "equilibrium")
 D_BACKBONES = ("ema", "frozen_teacher", "trainable_copy")
 D_NOISE = ("uniform", "logit_normal", "fake_band")
+TEACHER_DTYPES = ("float32", "bfloat16")
 TIME_DISTS = ("uniform", "logit_normal")
 
 
@@ -38,6 +39,11 @@ class PoseConfig:
   # Pretrain (making a small teacher): text -> negative prompt in this fraction of samples, so
   # that the teacher's CFG (cfg_real, cons_cfg) has a trained unconditional branch.
   text_dropout: float = 0.1
+  # The frozen teacher's stored dtype (float32 | bfloat16): R, F's LoRA base and a
+  # frozen_teacher D backbone read it. The DiT computes in config.model.dtype (bf16 for the 14B)
+  # either way, so bfloat16 halves its memory and its FSDP gathers, with only the norms' and
+  # modulation's parameters read at lower precision. The student, EMA and optimizer stay fp32.
+  teacher_dtype: str = "float32"
   # Phase I (priming): DMD / VSD near the noise end.
   s_lo: float = 0.9  # generator input time s ~ U[s_lo, 1]
   s_lo_end: float | None = None  # curriculum: s_lo moves linearly to this over the phase
@@ -101,6 +107,8 @@ class PoseConfig:
       out.append(("steps", f"{len(self.steps)} entries for {len(self.phases)} phases"))
     if any(s < 1 for s in self.steps):
       out.append(("steps", f"{self.steps}: every phase needs >= 1 step"))
+    if self.teacher_dtype not in TEACHER_DTYPES:
+      out.append(("teacher_dtype", f"{self.teacher_dtype!r} not in {TEACHER_DTYPES}"))
     if self.d_backbone not in D_BACKBONES:
       out.append(("d_backbone", f"{self.d_backbone!r} not in {D_BACKBONES}"))
     if self.d_noise not in D_NOISE:

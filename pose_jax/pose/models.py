@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from pose_jax import sharding as shd
@@ -71,3 +73,19 @@ def build(cfg: WanConfig, knobs: PoseConfig, seed: int = 0, mesh=None, abstract=
   )
   models = Models(dit=dit, dit_lora=dit_lora, head=head_def, taps=taps)
   return models, teacher, lora, head
+
+
+def stored_teacher(teacher, knobs: PoseConfig):
+  """The frozen teacher as the steps read it: its floating-point parameters in
+  ``knobs.teacher_dtype``, shardings kept (a tree of arrays, or of ``ShapeDtypeStruct``s for
+  ahead-of-time compiles). The student is initialised from the teacher before this cast."""
+  dtype = jnp.dtype(knobs.teacher_dtype)
+
+  def cast(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == dtype:
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype)
+
+  return jax.tree.map(cast, teacher)

@@ -111,6 +111,7 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
     if teacher is None:
       teacher = _teacher_from(config.ckpt.init_from, mesh, abstract_teacher)
     print(f"resumed from step {step} (phase {plan[first][0]})", flush=True)
+  teacher = pose_models.stored_teacher(teacher, knobs)  # after the student was made from it
   watch.idle_at(step)
 
   # --- Evals -----------------------------------------------------------------------------------
@@ -136,6 +137,7 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
         previous = plan[index - 1][0]
         if previous == "pretrain":  # the pretrained student becomes the teacher
           teacher = jax.tree.map(jnp.copy, state.params["student"])
+          teacher = pose_models.stored_teacher(teacher, knobs)
         tx = _optimizer(config, plan, index, knobs)
         target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
         rebase = state_lib.rebases(previous, phase, knobs)
