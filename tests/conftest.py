@@ -4,8 +4,10 @@ Markers and warning filters live in ``pytest.ini``."""
 
 import os
 
+from tests.helpers import FAST_COMPILE
+
 os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " + FAST_COMPILE
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

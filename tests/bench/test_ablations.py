@@ -11,6 +11,7 @@ import pytest
 
 from bench import ablation_recipes as ablations
 from bench import ablation_report
+from tests.helpers import FAST_COMPILE
 from tests.helpers.tiny import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,7 +60,7 @@ def _bench(workdir, out):
     "--config.pose.steps=(3,2,2)",
     "--config.data.clips_per_move=1",
   ]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE}
   return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
 
 

@@ -1,9 +1,8 @@
 """bench/gpu_suite.py at its tiny shapes on CPU: all four parts run through the code the GPU run
 takes and write their figures; no time is asserted (the real numbers come from a GPU).
 
-XLA:CPU runs at optimisation level 0 without its fusion emitters here: the equilibrium step, the
-longest compile, then takes about half as long (either flag alone gains little or loses), and
-nothing is timed."""
+XLA:CPU runs with the tests' ``FAST_COMPILE`` flags (``tests/helpers``): the equilibrium step,
+the longest compile, then takes about half as long; nothing is timed."""
 
 import json
 import math
@@ -11,8 +10,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+from tests.helpers import FAST_COMPILE, ROOT
 
 
 def _positive(x) -> bool:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from filelock import FileLock
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, xla_flags
 
 SMALL = [
   "--config=configs/toy_i2v.py:scratch",  # pretrains (a smaller model than the committed teacher)
@@ -43,7 +43,7 @@ def start(
   ``compile_cache=False``: compile for real (a test timing a signal during a compile)."""
   env = dict(
     os.environ,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    XLA_FLAGS=xla_flags(devices),
     PYTHONUNBUFFERED="1",
   )
   if num_processes == 1 and compile_cache:
