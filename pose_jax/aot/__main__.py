@@ -33,6 +33,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from pose_jax import config as config_lib
 from pose_jax.aot import compile as aot
 from pose_jax.aot.topology import parse_topology
 from pose_jax.pose.config import PoseConfig
@@ -77,7 +78,10 @@ def main(argv: Sequence[str]) -> None:
     aot.check_phases(phases, PoseConfig.from_config(config.pose).phases)
   except ValueError as e:
     _exit(e, 2)
-  report = aot.run(config, _TOPOLOGY.value, phases, _SAMPLE_BATCH.value)
+  try:
+    report = aot.run(config, _TOPOLOGY.value, phases, _SAMPLE_BATCH.value)
+  except config_lib.ConfigError as e:  # the config does not suit the topology
+    _exit(e, 2)
   if _OUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w") as f:

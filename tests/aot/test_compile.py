@@ -102,6 +102,13 @@ def test_bad_flags_exit_2_naming_them(flag, message):
   assert r.stderr.strip().splitlines()[-1].startswith(message), r.stderr[-3000:]
 
 
+def test_a_config_that_does_not_suit_the_topology_exits_2_naming_the_key():
+  # 480p's 2 micro-batches of 32 clips cannot split over the 64 chips of a v5p-128's fsdp.
+  r = _compile("--config=configs/wan_i2v.py", "--topology=v5p-128", "--phase=sample")
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert "error: config.train.micro_batches: 2" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_too_big_model_does_not_fit_and_names_buffers(tmp_path):
   # Wan2.1-I2V-14B's float32 weights replicated on every v5e chip (pure data parallelism).
   r = _compile(
@@ -110,6 +117,7 @@ def test_too_big_model_does_not_fit_and_names_buffers(tmp_path):
     "--phase=sample",
     "--config.mesh.shape=(-1,1,1,1)",
     "--config.train.batch_size=8",
+    "--config.train.micro_batches=1",
     "--config.data.frames=5",
     f"--out={tmp_path / 'big.json'}",
   )
