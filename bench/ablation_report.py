@@ -126,7 +126,8 @@ def score(
   run = jax.jit(run)  # the noise and batch as arguments, not constants in the program
   args = (noise, *(jnp.asarray(batch[k]) for k in ("cond", "text", "image")))
   x = np.asarray(run(params, *args))  # (the compile)
-  dit_s = timed and _median_seconds(lambda: run(params, *args).block_until_ready(), warm_up=False)
+  per_clip_ms = lambda fn, **kw: 1e3 * _median_seconds(fn, **kw) / len(x) if timed else None
+  dit_ms = per_clip_ms(lambda: run(params, *args).block_until_ready(), warm_up=False)
 
   enc = toy.ToyEncoders.create(data_seed)
   real = np.asarray(codec.decode(np.asarray(batch["latents"])))
@@ -140,7 +141,7 @@ def score(
     out = run(params, noise, jnp.asarray(cond), jnp.asarray(text), jnp.asarray(image))
     return np.asarray(codec.decode(np.asarray(out)))
 
-  e2e_s = timed and _median_seconds(end_to_end)  # warm-up: the encoders' compiles
+  e2e_ms = per_clip_ms(end_to_end)  # warm-up: the encoders' compiles
   video = np.clip(np.asarray(codec.decode(x)), -1, 1)
   moves = evals.toy_moves(batch)
   photo = [i for i, m in enumerate(moves) if m is not None]
@@ -156,8 +157,8 @@ def score(
     "flicker": float(np.mean(evaluators.flicker(unit).score)),
     "fvd": float(fvd(unit)),
     "found": [str(m) for m in evaluators.camera_move(unit[photo]).move],
-    "dit_ms": 1e3 * dit_s / len(x) if timed else None,
-    "e2e_ms": 1e3 * e2e_s / len(x) if timed else None,
+    "dit_ms": dit_ms,
+    "e2e_ms": e2e_ms,
     "clips": len(x),
   }
   if videos_dir:

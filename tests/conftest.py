@@ -4,11 +4,9 @@ Markers and warning filters live in ``pytest.ini``."""
 
 import os
 
-from tests.helpers import FAST_COMPILE
+from tests.helpers import xla_flags
 
-os.environ["XLA_FLAGS"] = (
-  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " + FAST_COMPILE
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax

@@ -6,10 +6,10 @@ host. The device is read only at log steps (``train.log_every`` and the phase's 
 run under ``jax.transfer_guard("disallow")``, so any implicit transfer (a sync that would stall
 the asynchronous dispatch) is an error; the next batch is read and sent while the step runs
 (outside the guard: with several processes ``make_array_from_process_local_data`` counts as an
-implicit transfer). A non-finite step
-leaves the parameters as they were (the step's own guard), so a streak found at a log step
-stops the run with nothing lost; a streak that ends between log steps did no harm. Each step
-may checkpoint (``ckpt.every``; always at the phase's end and on preemption).
+implicit transfer). A non-finite step leaves the parameters as they were (the step's own
+guard), so a streak found at a log step stops the run with nothing lost; a streak that ends
+between log steps did no harm. Each step may checkpoint (``ckpt.every``; always at the phase's
+end and on preemption).
 """
 
 from __future__ import annotations

@@ -11,10 +11,8 @@ import pytest
 
 from bench import ablation_recipes as ablations
 from bench import ablation_report
-from tests.helpers import FAST_COMPILE
+from tests.helpers import FAST_COMPILE, ROOT
 from tests.helpers.tiny import load_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_rows_train_the_same_steps_from_the_teacher():
