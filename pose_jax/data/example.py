@@ -31,6 +31,7 @@ arrays, read back with ``allow_pickle=False``. Float fields are stored as float3
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -103,10 +104,16 @@ def encode_example(
   return buf.getvalue()
 
 
+# numpy parses each .npy header with ``ast.literal_eval``; CPython 3.11's AST validator keeps its
+# recursion depth per interpreter, so two threads parsing at once (grain's read threads) can fail
+# with "AST constructor recursion depth mismatch" (seen in CI). Headers are parsed one at a time.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def decode_example(data: bytes) -> dict[str, Any]:
   """``np.savez`` bytes -> validated example dict. Raises :class:`ExampleError`."""
   try:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+    with _NPY_HEADER_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as npz:
       example = {k: npz[k] for k in npz.files}
   except Exception as e:  # any parse failure is a bad record
     raise ExampleError(f"record is not an np.savez archive ({len(data)} bytes): {e}") from e

@@ -1,9 +1,12 @@
 """Data: example schema, ArrayRecord shards, the grain pipeline (shuffle / repeat / sharding /
 checkpointed state) and the toy dataset + codec."""
 
+import concurrent.futures
 import functools
 import json
 import os
+import threading
+import time
 
 import grain
 import ml_collections
@@ -66,6 +69,27 @@ def test_example_round_trip(compress, float_dtype):
     np.testing.assert_allclose(out[k], ex[k], rtol=1e-3 if float_dtype == "float16" else 0)
   assert out["text_mask"].dtype == np.int32
   np.testing.assert_array_equal(out["text_mask"], ex["text_mask"])
+
+
+def test_examples_decode_one_at_a_time(monkeypatch):
+  """numpy's header parse (``ast.literal_eval``) is not thread-safe on CPython 3.11 (CI saw
+  "AST constructor recursion depth mismatch" from grain's read threads): decodes never overlap."""
+  data, lock = encode_example(SRC[1]), threading.Lock()
+  active, most, real_load = [0], [0], np.load
+
+  def slow_load(*args, **kwargs):
+    with lock:
+      active[0] += 1
+      most[0] = max(most[0], active[0])
+    time.sleep(0.01)
+    with lock:
+      active[0] -= 1
+    return real_load(*args, **kwargs)
+
+  monkeypatch.setattr(np, "load", slow_load)
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    out = list(pool.map(lambda _: decode_example(data), range(8)))
+  assert most[0] == 1 and all(o["caption"] == "synthetic example 1" for o in out)
 
 
 def test_bad_examples_are_named():
