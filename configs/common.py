@@ -52,6 +52,7 @@ def base() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype (float32 | bfloat16); norms stay float32
   c.model.param_dtype = "float32"
   c.model.attention = "xla"  # xla | chunked | cudnn (GPU) | splash (TPU)
+  c.model.context_parallel = "allgather"  # allgather | ulysses (heads divide tensor x context)
   c.model.remat = "none"  # none | full | dots_saveable | ... (models/remat.py)
   c.model.scan_layers = True
 

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 SUBFOLDERS = ("vae", "image_encoder", "text_encoder", "tokenizer", "image_processor")
 MAX_SEQUENCE_LENGTH = 512  # the I2V DiT splits [image ; text] context at 512 text tokens
 WAN_480P_AREA = 480 * 832
-RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "attention")
+RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "attention", "context_parallel")
 # CLIPImageProcessor settings that image_preprocess.preprocess implements (resample 3 = bicubic).
 _CLIP_RECIPE = {
   "do_resize": True,

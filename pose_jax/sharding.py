@@ -45,10 +45,12 @@ ACT_LENGTH = "act_length"  # video tokens
 ACT_EMBED = "act_embed"
 ACT_HEADS = "act_heads"
 ACT_KV = "act_kv"  # keys/values of attention (gathered for context parallelism)
+ACT_HEADS_ALL = "act_heads_all"  # heads of Ulysses attention: split over tensor and context
 # Activation axes of the tensors constrained in the models.
 HIDDEN = (ACT_BATCH, ACT_LENGTH, ACT_EMBED)  # [B, L, D] the DiT's residual stream
 QUERIES = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, None)  # [B, L, N, K] queries, attention output
 KEYS_VALUES = (ACT_BATCH, ACT_KV, ACT_HEADS, None)  # [B, S, N, K] keys and values
+ULYSSES = (ACT_BATCH, None, ACT_HEADS_ALL, None)  # [B, L, N, K] whole sequence, fewer heads
 TOKENS = (ACT_BATCH, None, None)  # [B, S, D] the text/image encoders' tokens
 
 # logical name -> mesh axes. Order of the table is the documentation.
@@ -66,6 +68,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   (ACT_EMBED, None),
   (ACT_HEADS, "tensor"),
   (ACT_KV, None),
+  (ACT_HEADS_ALL, ("tensor", "context")),
 )
 
 

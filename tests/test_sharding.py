@@ -1,6 +1,8 @@
 """Sharding of WanTransformer on meshes of 8 fake CPU devices; abstract-first creation; no eager
 sharding (models build without a mesh whatever flax's default says)."""
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from pose_jax import sharding as shd
+from pose_jax.models import attention
 from pose_jax.models.layers import LoRAParam
 from pose_jax.models.wan import WanTransformer, preset
 from pose_jax.pose import models as pose_models
@@ -170,3 +173,25 @@ def test_strided_micro_batches_need_no_data_movement():
   assert any(c in program(contiguous) for c in collectives)
   parts = np.asarray(steps.split_micro_batches({"a": x}, 2)["a"])
   np.testing.assert_array_equal(parts[1], np.asarray(x)[1::2])
+
+
+@pytest.mark.parametrize(
+  "shape,context_parallel",
+  [((1, 2, 2, 2), "allgather"), ((2, 2, 2, 1), "ulysses"), ((1, 1, 8, 1), "allgather")],
+)
+def test_context_parallel_splash_model_matches_unsharded(
+  shape, context_parallel, reference, monkeypatch
+):
+  # The whole DiT with splash attention (Pallas interpret mode, so it runs on CPU) and its video
+  # tokens split over context: self-attention by the scheme, cross-attention by allgather.
+  ref_state, ref_out = reference
+  monkeypatch.setattr(attention, "_require_backend", lambda *a: None)
+  monkeypatch.setattr(attention, "splash", functools.partial(attention.splash, interpret=True))
+  cfg = CFG.replace(attention="splash", context_parallel=context_parallel)
+  mesh = shd.make_mesh(shape)
+  graphdef = nnx.graphdef(WanTransformer(cfg, rngs=nnx.Rngs(0)))
+  batch = NamedSharding(mesh, shd.logical_to_spec((shd.ACT_BATCH,)))
+  args = [jax.device_put(a, batch) for a in _args()]
+  with shd.use_mesh(mesh):
+    out = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(ref_state, *args)
+  np.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-5 * float(jnp.abs(ref_out).max()))

@@ -38,6 +38,7 @@ from pose_jax.aot.report import (
   compiled_stats,
   largest_inputs,
   resharded_state_leaves,
+  splash_shapes,
   summarize_oom,
 )
 from pose_jax.aot.topology import Topology, make_mesh, parse_topology, topology_devices
@@ -186,6 +187,8 @@ def _entry(s: Setup, name: str, entry: dict, flops: dict, jitted, args, names, s
     if moved:
       print(f"[{name}] warning: {len(moved)} state leaves change sharding, e.g. {moved[:3]}")
   mem = compiled_stats(compiled)
+  if s.wan_config.attention == "splash":
+    entry = dict(entry, splash_per_device=splash_shapes(compiled.as_text()))
   hbm = s.topo.chip.hbm_gib
   peak_flops = s.topo.chip.peak_tflops * 1e12 * len(s.devices)
   entry = dict(
@@ -208,6 +211,8 @@ def _entry(s: Setup, name: str, entry: dict, flops: dict, jitted, args, names, s
     f"40% MFU; lower {lower_s:.1f}s compile {compile_s:.1f}s",
     flush=True,
   )
+  for k in entry.get("splash_per_device", ()):
+    print(f"[{name}] splash per device: {k['heads']} heads x {k['queries']} queries", flush=True)
   return entry
 
 
@@ -275,6 +280,7 @@ def _header(s: Setup) -> dict:
       param_dtype=cfg.param_dtype,
       remat=cfg.remat,
       attention=cfg.attention,
+      context_parallel=cfg.context_parallel,
       scan_layers=cfg.scan_layers,
       mesh=dict(s.mesh.shape),
       batch_size=config.train.batch_size,

@@ -1,5 +1,6 @@
-"""What a compiled executable costs, read off XLA: per-device memory, XLA's FLOPs, the useful
-lines of an out-of-memory error, the largest inputs, and state leaves that would reshard.
+"""What a compiled executable costs, read off XLA: per-device memory, XLA's FLOPs, the shapes
+each device's splash kernels run on, the useful lines of an out-of-memory error, the largest
+inputs, and state leaves that would reshard.
 Shared by the ahead-of-time compiler and the trainer's compile log.
 """
 
@@ -80,6 +81,23 @@ def compiled_stats(compiled) -> dict:
   """Per-device bytes (``memory``) and XLA's FLOPs of a compiled executable: what the AOT
   report and the trainer's compile log both print."""
   return {**memory(compiled), "xla_flops_undercounted": xla_flops(compiled)}
+
+
+# A splash forward kernel in optimized TPU HLO: its result tuple ends with the attention output,
+# [..., heads, queries, head_dim] per device (custom-call name splash_mha_fwd...).
+_SPLASH_FWD = re.compile(r"%splash_mha_fwd\S* = \((.*?)\) custom-call\(")
+_SHAPE = re.compile(r"\w+\[([\d,]*)\]")
+
+
+def splash_shapes(hlo_text: str) -> list[dict]:
+  """The distinct per-device ``{"heads", "queries", "head_dim"}`` of the splash forward kernels
+  in a compiled program's HLO (``compiled.as_text()``): what each device's attention really
+  computes, e.g. L/context queries under context parallelism."""
+  found = set()
+  for m in _SPLASH_FWD.finditer(hlo_text):
+    dims = [int(d) for d in _SHAPE.findall(m.group(1))[-1].split(",")]
+    found.add(tuple(dims[-3:]))
+  return [dict(heads=n, queries=q, head_dim=k) for n, q, k in sorted(found)]
 
 
 def resharded_state_leaves(compiled, state) -> list[str]:

@@ -8,30 +8,56 @@ Kernels (``impl``):
              ``jax.checkpoint``: memory O(chunk x S) instead of O(L x S) in training too, on any
              backend. On a 2-core CPU it is ~3x faster than ``xla`` (bench/dit_speed.py).
   ``cudnn``  ``jax.nn.dot_product_attention(implementation='cudnn')``: NVIDIA GPUs, bf16/fp16.
-  ``splash`` Pallas TPU splash attention, mapped over the mesh with ``jax.shard_map`` (batch over
-             ``data``+``fsdp``, heads over ``tensor``); TPU only. Keys/values must be whole on
-             each shard, so context parallelism gathers them first (the rules do that).
+  ``splash`` Pallas TPU splash attention, mapped over the mesh with ``jax.shard_map``; TPU only.
+
+Context parallelism (the mesh's ``context`` axis, video tokens split over it) has two schemes,
+``context_parallel``; with ``context`` of size 1 both are plain attention:
+  ``allgather`` each device keeps its L/context queries (``sharding.QUERIES``) and attends to the
+             whole key/value sequence, gathered over ``context`` (``sharding.KEYS_VALUES``); the
+             backward pass reduce-scatters the key/value gradients. Default; any head count.
+  ``ulysses`` all-to-all from sequence-split to head-split (``sharding.ULYSSES``: N/(tensor x
+             context) heads per device, whole sequence), attention, all-to-all back. Moves
+             4/context of the q/k/v/out bytes where ``allgather`` gathers 2 whole K/V; needs
+             N divisible by tensor x context. For self-attention; cross-attention (keys from
+             text/image tokens, not split) always uses ``allgather``.
+Per device both do 1/(context x tensor) of the attention FLOPs (tests/models/test_attention.py).
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from einops import rearrange
-from jax.sharding import PartitionSpec as P
 
 from pose_jax import sharding as shd
 
 IMPLS = ("xla", "chunked", "cudnn", "splash")
+CONTEXT_PARALLEL = ("allgather", "ulysses")
 CHUNK = 256
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla") -> jax.Array:
-  """Unmasked softmax attention with scale ``1/sqrt(K)``; returns ``[B, L, N, K]`` in q's dtype."""
+def dot_product_attention(
+  q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla", context_parallel: str = "allgather"
+) -> jax.Array:
+  """Unmasked softmax attention with scale ``1/sqrt(K)``; returns ``[B, L, N, K]`` in q's dtype.
+
+  Under a mesh, ``q`` comes split over ``context`` and k/v as the scheme needs (see above)."""
   if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
     raise ValueError(f"attention shapes q={q.shape} k={k.shape} v={v.shape} are not [B,L,N,K]")
+  if impl not in IMPLS:
+    raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}")
+  if context_parallel not in CONTEXT_PARALLEL:
+    raise ValueError(f"unknown context_parallel {context_parallel!r}; one of {CONTEXT_PARALLEL}")
+  q_names, kv_names = shd.QUERIES, shd.KEYS_VALUES
+  if context_parallel == "ulysses" and _mesh_size("context") > 1:
+    _check_ulysses_heads(q.shape[2])
+    q_names = kv_names = shd.ULYSSES
+    q, k, v = (shd.constrain(a, shd.ULYSSES) for a in (q, k, v))
+  out = _kernel(q, k, v, impl, q_names, kv_names)
+  return shd.constrain(out, shd.QUERIES) if q_names is shd.ULYSSES else out
+
+
+def _kernel(q, k, v, impl, q_names, kv_names):
   if impl == "xla":
     return jax.nn.dot_product_attention(q, k, v, implementation="xla")
   if impl == "chunked":
@@ -39,10 +65,17 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = 
   if impl == "cudnn":
     _require_backend("cudnn", "gpu")
     return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
-  if impl == "splash":
-    _require_backend("splash", "tpu")
-    return _splash(q, k, v)
-  raise ValueError(f"unknown attention impl {impl!r}; choose one of {IMPLS}")
+  _require_backend("splash", "tpu")
+  return splash(q, k, v, q_names, kv_names)
+
+
+def _check_ulysses_heads(heads: int) -> None:
+  ways = _mesh_size("context") * _mesh_size("tensor")
+  if heads % ways:
+    raise ValueError(
+      f"context_parallel='ulysses' splits {heads} heads over tensor x context = {ways} devices, "
+      "which does not divide them; use model.context_parallel='allgather'"
+    )
 
 
 def _softmax_attention(q, k, v):
@@ -75,50 +108,57 @@ def _require_backend(impl: str, backend: str) -> None:
     )
 
 
-def _splash(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  """Splash attention on ``[B, L, N, K]``, one kernel call per (batch, head) shard."""
+def splash(q, k, v, q_names=shd.QUERIES, kv_names=shd.KEYS_VALUES, interpret=False):
+  """Splash attention on ``[B, L, N, K]`` under ``jax.shard_map``: each device runs the kernel on
+  its shard, q (and the output) laid out by the logical ``q_names``, k/v by ``kv_names``.
+  ``interpret=True`` runs the Pallas kernel in interpret mode (any backend; tests)."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-  scale = q.shape[-1] ** -0.5
-  q = (q * scale).astype(q.dtype)
-  batch = shd.logical_to_spec((shd.ACT_BATCH,))[0]
-  heads = shd.logical_to_spec((shd.ACT_HEADS,))[0]
-  spec = P(batch, None, heads, None)
   mesh = jax.sharding.get_abstract_mesh()
-  n_local = q.shape[2] // _axis_size(mesh, heads)
+  q_spec, kv_spec = shd.logical_to_spec(q_names), shd.logical_to_spec(kv_names)
+  if _axes_size(mesh, kv_spec[1]) != 1:
+    raise ValueError(f"splash needs whole keys/values per device, got {kv_names} -> {kv_spec}")
+  q_shards, n_local = _axes_size(mesh, q_spec[1]), q.shape[2] // _axes_size(mesh, q_spec[2])
+  length, lk = q.shape[1], k.shape[1]
+  pad_split = -length % q_shards  # shard_map splits evenly; the real sizes need no padding here
+  local = (length + pad_split) // q_shards
+  bq, bk = _block(local), _block(lk)
+  pad_q, pad_k = -local % bq, -lk % bk
+  q = (q * q.shape[-1] ** -0.5).astype(q.dtype)
+  q = jnp.pad(q, ((0, 0), (0, pad_split), (0, 0), (0, 0)))
+  # Each device pads its queries to whole blocks (cut off after) and the keys likewise; padded
+  # keys get their own segment, so no query attends to them.
+  kv_seg = (jnp.arange(lk + pad_k) >= lk).astype(jnp.int32)
+  seg = sk.SegmentIds(q=jnp.zeros((local + pad_q,), jnp.int32), kv=kv_seg)
+  mask = sm.MultiHeadMask([sm.FullMask((local + pad_q, lk + pad_k))] * n_local)
+  sizes = sk.BlockSizes(
+    block_q=bq,
+    block_kv_compute=bk,
+    block_kv=bk,
+    block_q_dkv=bq,
+    block_kv_dkv=bk,
+    block_kv_dkv_compute=bk,
+    block_q_dq=bq,
+    block_kv_dq=bk,
+  )
+  kernel = sk.make_splash_mha(
+    mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret
+  )
 
-  lq, lk = q.shape[1], k.shape[1]
-  bq, bk = _block(lq), _block(lk)
-  pad_q, pad_k = -lq % bq, -lk % bk
-
-  @functools.partial(jax.shard_map, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
-  def run(q, k, v):
-    # Pad to whole blocks; padded keys get their own segment so no real query attends to them.
+  def on_device(q, k, v):
     q = jnp.pad(q, ((0, 0), (0, pad_q), (0, 0), (0, 0)))
     k, v = (jnp.pad(a, ((0, 0), (0, pad_k), (0, 0), (0, 0))) for a in (k, v))
-    seg = sk.SegmentIds(
-      q=jnp.zeros((lq + pad_q,), jnp.int32), kv=(jnp.arange(lk + pad_k) >= lk).astype(jnp.int32)
-    )
-    mask = sm.MultiHeadMask([sm.FullMask((lq + pad_q, lk + pad_k))] * n_local)
-    sizes = sk.BlockSizes(
-      block_q=bq,
-      block_kv_compute=bk,
-      block_kv=bk,
-      block_q_dkv=bq,
-      block_kv_dkv=bk,
-      block_kv_dkv_compute=bk,
-      block_q_dq=bq,
-      block_kv_dq=bk,
-    )
-    kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=sizes)
     # The kernel works on one example laid out [N, L, K].
     out = jax.vmap(kernel, in_axes=(0, 0, 0, None))(
       q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), seg
     )
-    return out.transpose(0, 2, 1, 3)[:, :lq]
+    return out.transpose(0, 2, 1, 3)[:, :local]
 
-  return run(q, k, v)
+  if not mesh.empty:
+    specs = dict(in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=False)
+    on_device = jax.shard_map(on_device, **specs)
+  return on_device(q, k, v)[:, :length]
 
 
 def _block(length: int) -> int:
@@ -126,7 +166,8 @@ def _block(length: int) -> int:
   return min(512, -(-length // 128) * 128)
 
 
-def _axis_size(mesh, axes) -> int:
+def _axes_size(mesh, axes) -> int:
+  """Devices along ``axes`` (a mesh axis name, a tuple of them, or None) of ``mesh``."""
   if axes is None or mesh.empty:
     return 1
   axes = (axes,) if isinstance(axes, str) else axes
@@ -134,3 +175,7 @@ def _axis_size(mesh, axes) -> int:
   for a in axes:
     size *= mesh.shape[a]
   return size
+
+
+def _mesh_size(axis: str) -> int:
+  return _axes_size(jax.sharding.get_abstract_mesh(), axis)

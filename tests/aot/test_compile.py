@@ -89,6 +89,30 @@ def test_toy_config_compiles_every_phase_for_a_tpu_slice(tmp_path):
   assert flops["priming"] > 2 * flops["pretrain"]
 
 
+def test_context_parallelism_splits_each_devices_attention(tmp_path):
+  # One 480p 14B layer over v6e-8 as (data 1, fsdp 2, context 4, tensor 1), read off the
+  # compiled program: Ulysses self-attention runs 40/4 heads on all 32760 video tokens (padded
+  # to 32768), cross-attention (allgather) all 40 heads on 32760/4 of the queries (to 8192).
+  # Before queries were split over context, every device's kernel ran 40 x 32768.
+  out = tmp_path / "cp.json"
+  r = _compile(
+    "--config=configs/wan_i2v.py",
+    "--topology=v6e-8",
+    "--phase=sample",
+    "--config.model.num_layers=1",
+    "--config.mesh.shape=(1,2,4,1)",
+    "--config.train.batch_size=8",
+    "--config.train.micro_batches=1",
+    "--config.model.context_parallel=ulysses",
+    f"--out={out}",
+  )
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+  report = json.loads(out.read_text())
+  assert report["config"]["context_parallel"] == "ulysses"
+  got = {(k["heads"], k["queries"]) for k in report["phases"]["sample"]["splash_per_device"]}
+  assert got == {(10, 32768), (40, 8192)}
+
+
 @pytest.mark.parametrize(
   "flag,message",
   [

@@ -50,6 +50,8 @@ class WanAttention(nnx.Module):
       self.add_k_proj = self.add_v_proj = self.norm_added_k = None
     self.num_heads = cfg.num_heads
     self.impl = cfg.attention
+    # Cross-attention's keys come from the (unsplit) text/image tokens: always allgather.
+    self.context_parallel = "allgather" if cross else cfg.context_parallel
 
   def _heads(self, x, names):
     return shd.constrain(rearrange(x, "b l (n k) -> b l n k", n=self.num_heads), names)
@@ -57,13 +59,16 @@ class WanAttention(nnx.Module):
   def __call__(self, x, context=None, image=None, rope=None):
     """x [B,L,D]; context [B,S,D] (None = self-attention); image [B,M,D]; rope (cos, sin)."""
     kv_in = x if context is None else context
+    # Ulysses keeps k/v split over the sequence like q (attention turns all three to head
+    # splits); allgather gathers them whole (see pose_jax.models.attention).
+    kv_names = shd.QUERIES if self.context_parallel == "ulysses" else shd.KEYS_VALUES
     q = self._heads(self.norm_q(self.to_q(x)), shd.QUERIES)
-    k = self._heads(self.norm_k(self.to_k(kv_in)), shd.KEYS_VALUES)
-    v = self._heads(self.to_v(kv_in), shd.KEYS_VALUES)
+    k = self._heads(self.norm_k(self.to_k(kv_in)), kv_names)
+    v = self._heads(self.to_v(kv_in), kv_names)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-      k = shd.constrain(k, shd.KEYS_VALUES)
-    out = dot_product_attention(q, k, v, self.impl)
+      k = shd.constrain(k, kv_names)
+    out = dot_product_attention(q, k, v, self.impl, self.context_parallel)
     if image is not None:
       if self.add_k_proj is None:
         raise ValueError("image tokens given to an attention layer without add_k_proj (T2V)")

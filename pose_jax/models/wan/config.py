@@ -7,7 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from pose_jax.models.attention import IMPLS
+from pose_jax.models.attention import CONTEXT_PARALLEL, IMPLS
 from pose_jax.models.remat import POLICIES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -38,6 +38,9 @@ class WanConfig:
   dtype: str = "float32"  # compute dtype; norms, modulation and residuals stay float32
   param_dtype: str = "float32"
   attention: str = "xla"  # see pose_jax.models.attention.IMPLS
+  context_parallel: str = (
+    "allgather"  # self-attention over the mesh's context axis: CONTEXT_PARALLEL
+  )
   remat: str = "none"  # see pose_jax.models.remat.POLICIES
   scan_layers: bool = True
   lora_rank: int = 0  # >0 adds zero-initialised LoRA deltas to attention and FFN projections
@@ -49,6 +52,8 @@ class WanConfig:
       errors.append(f"dtype/param_dtype must be in {sorted(DTYPES)}")
     if self.attention not in IMPLS:
       errors.append(f"attention={self.attention!r} not in {IMPLS}")
+    if self.context_parallel not in CONTEXT_PARALLEL:
+      errors.append(f"context_parallel={self.context_parallel!r} not in {CONTEXT_PARALLEL}")
     if self.remat not in POLICIES:
       errors.append(f"remat={self.remat!r} not in {sorted(POLICIES)}")
     if self.head_dim % 2 or self.head_dim < 6:
