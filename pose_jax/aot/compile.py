@@ -41,12 +41,14 @@ from pose_jax.aot.report import (
   splash_shapes,
   summarize_oom,
 )
+from pose_jax.aot.roofline import roofline
 from pose_jax.aot.topology import Topology, make_mesh, parse_topology, topology_devices
 from pose_jax.data import toy
 from pose_jax.data.toy_codec import ToyCodec
 from pose_jax.models.encoders import clip_vision
 from pose_jax.models.wan import WanConfig
 from pose_jax.pose import models as pose_models
+from pose_jax.pose import phases as phase_records
 from pose_jax.pose.config import PoseConfig
 from pose_jax.sampling import samplers
 from pose_jax.training import optim, steps
@@ -173,9 +175,12 @@ def _compile(jitted, args, mesh: Mesh, names=()):
   return compiled, t1 - t0, time.perf_counter() - t1
 
 
-def _entry(s: Setup, name: str, entry: dict, flops: dict, jitted, args, names, state=None):
-  """Compiles ``jitted(*args)``; ``entry`` plus its memory, FLOPs and times (and, for a train
-  step, the state leaves whose sharding would change), or ``fits=False`` and the error."""
+def _entry(
+  s: Setup, name: str, entry: dict, flops: dict, jitted, args, names, state=None, trained=0
+):
+  """Compiles ``jitted(*args)``; ``entry`` plus its memory, FLOPs, times and roofline bound
+  (``trained`` parameters updated), and for a train step the state leaves whose sharding would
+  change; or ``fits=False`` and the error."""
   try:
     compiled, lower_s, compile_s = _compile(jitted, args, s.mesh, names)
   except DoesNotFit as e:
@@ -202,13 +207,25 @@ def _entry(s: Setup, name: str, entry: dict, flops: dict, jitted, args, names, s
     **flops,
     model_tflops_per_step=float(f"{flops['model_flops'] / 1e12:.5g}"),
     step_s_at_40pct_mfu=float(f"{flops['model_flops'] / (MFU * peak_flops):.4g}"),
+    **roofline(
+      flops,
+      cfg=s.wan_config,
+      taps=s.models.taps,
+      dit_state=s.teacher,
+      trained_params=trained,
+      micro_batches=entry.get("micro_batches", 1),
+      mesh_shape=dict(s.mesh.shape),
+      chip=s.topo.chip,
+      devices=len(s.devices),
+    ),
   )
   print(
     f"[{name}] {'fits' if entry['fits'] else 'DOES NOT FIT'}: peak {entry['peak_gib']:.2f} GiB "
     f"of {hbm} GiB/device (args {mem['argument_bytes'] / GIB:.2f}, out "
     f"{mem['output_bytes'] / GIB:.2f}, temp {mem['temp_bytes'] / GIB:.2f}); model "
     f"{entry['model_flops'] / 1e12:.4g} TFLOP/step -> {entry['step_s_at_40pct_mfu']:.2f} s at "
-    f"40% MFU; lower {lower_s:.1f}s compile {compile_s:.1f}s",
+    f"40% MFU (roofline bound {entry['roofline_step_s']:.2f} s, {entry['roofline_bound']}); "
+    f"lower {lower_s:.1f}s compile {compile_s:.1f}s",
     flush=True,
   )
   for k in entry.get("splash_per_device", ()):
@@ -236,6 +253,11 @@ def compile_phase(s: Setup, phase: str, start: int, stop: int) -> dict:
     (state, pose_models.stored_teacher(s.teacher, s.knobs), batch),
     names=("state", "teacher", "batch"),
     state=state,
+    trained=sum(
+      math.prod(a.shape)
+      for group in phase_records.get(phase).trains(s.knobs)
+      for a in jax.tree.leaves(state.params[group])
+    ),
   )
 
 

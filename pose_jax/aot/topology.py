@@ -27,18 +27,20 @@ class Chip:
   cores_in_name: bool  # the user-facing N counts TensorCores (2 per chip), not chips
   chip_config: str
   dims: int  # torus dimensions
+  hbm_gb_s: float  # HBM bandwidth per JAX device, GB/s (1e9 bytes)
 
 
 # Peak bf16 per chip (Cloud TPU docs): v4 275, v5e 197, v5p 459, v6e 918, tpu7x (Ironwood) 2307
 # TF/s. Usable HBM per device is libtpu's limit as its RESOURCE_EXHAUSTED messages state it
 # (v5e 15.75G and v5p 95.74G seen here; v4 and v6e from libtpu reports seen elsewhere); tpu7x's
-# (192 GB per chip, 2 devices) is an unverified estimate.
+# (192 GB per chip, 2 devices) is an unverified estimate. HBM bandwidth per chip (Cloud TPU
+# docs): v4 1228, v5e 819, v5p 2765, v6e 1640, tpu7x 7370 GB/s (halved per tpu7x device).
 CHIPS = {
-  "v4": Chip("v4", 30.75, 275.0, 1, True, "megacore", 3),
-  "v5p": Chip("v5", 95.74, 459.0, 1, True, "megacore", 3),
-  "v5e": Chip("v5e", 15.75, 197.0, 1, False, "default", 2),
-  "v6e": Chip("v6e", 31.25, 918.0, 1, False, "default", 2),
-  "tpu7x": Chip("tpu7x", 94.75, 2307.0 / 2, 2, True, "default", 3),
+  "v4": Chip("v4", 30.75, 275.0, 1, True, "megacore", 3, 1228.0),
+  "v5p": Chip("v5", 95.74, 459.0, 1, True, "megacore", 3, 2765.0),
+  "v5e": Chip("v5e", 15.75, 197.0, 1, False, "default", 2, 819.0),
+  "v6e": Chip("v6e", 31.25, 918.0, 1, False, "default", 2, 1640.0),
+  "tpu7x": Chip("tpu7x", 94.75, 2307.0 / 2, 2, True, "default", 3, 7370.0 / 2),
 }
 # chips -> physical grid (MaxText's accelerator_to_spec_map / GKE topologies).
 GRIDS_3D = {

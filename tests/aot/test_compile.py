@@ -81,6 +81,7 @@ def test_toy_config_compiles_every_phase_for_a_tpu_slice(tmp_path):
       assert p[key] > 0, (name, key)
     assert 0 < p["peak_gib"] < p["hbm_gib"]
     assert p["step_s_at_40pct_mfu"] > 0 and p["compile_s"] > 0
+    assert p["roofline_step_s"] == max(p["roofline_compute_s"], p["roofline_hbm_s"]) > 0
   # Analytic counts: pretrain = forward + backward = 3 forwards of the sampler (same batch of 8);
   # priming adds the teacher's CFG pair and F's pass to G's forward + backward.
   flops = {k: v["model_flops"] for k, v in report["phases"].items()}
