@@ -133,23 +133,23 @@ check_gs() {  # check_gs FLAG VALUE
 }
 
 # Accelerator types: v2-N, v3-N, v4-N, v5p-N (N = TensorCores), v5litepod-N, v6e-N (N = chips).
-check_accelerator() {
-  local a=$1 gen n
+check_accelerator() {  # check_accelerator VALUE [FLAG]
+  local a=$1 flag=${2:---accelerator} gen n
   if [[ $a =~ ^v5e-[0-9]+$ ]]; then
-    die "--accelerator=$a: v5e slices are named v5litepod-N (e.g. v5litepod-16)"
+    die "$flag=$a: v5e slices are named v5litepod-N (e.g. v5litepod-16)"
   fi
   [[ $a =~ ^(v2|v3|v4|v5p|v5litepod|v6e)-([1-9][0-9]*)$ ]] ||
-    die "--accelerator=$a: expected GENERATION-SIZE, e.g. v5p-64, v6e-256, v5litepod-16, v4-32"
+    die "$flag=$a: expected GENERATION-SIZE, e.g. v5p-64, v6e-256, v5litepod-16, v4-32"
   gen=${BASH_REMATCH[1]}
   n=${BASH_REMATCH[2]}
   case $gen in
     v5litepod | v6e)
       [[ " 1 4 8 16 32 64 128 256 " == *" $n "* ]] ||
-        die "--accelerator=$a: $gen sizes are 1, 4, 8, 16, 32, 64, 128 or 256 chips"
+        die "$flag=$a: $gen sizes are 1, 4, 8, 16, 32, 64, 128 or 256 chips"
       ;;
     *)
       ((n >= 8 && n % 8 == 0)) ||
-        die "--accelerator=$a: $gen sizes count TensorCores: a multiple of 8 (e.g. $gen-8, $gen-64)"
+        die "$flag=$a: $gen sizes count TensorCores: a multiple of 8 (e.g. $gen-8, $gen-64)"
       ;;
   esac
 }

@@ -69,6 +69,27 @@ HELP_FLAGS = {
     "--project",
   ],
   "delete_tpu.sh": ["--name", "--zone", "--queued", "--yes", "--project"],
+  "xpk_train.sh": [
+    "--cluster",
+    "--zone",
+    "--workload",
+    "--tpu-type",
+    "--workdir",
+    "--num-slices",
+    "--config",
+    "--config.KEY=VALUE",
+    "--env",
+    "--docker-image",
+    "--base-docker-image",
+    "--max-restarts",
+    "--grace-seconds",
+    "--priority",
+    "--follow",
+    "--logs",
+    "--all-hosts",
+    "--delete",
+    "--project",
+  ],
 }
 
 FAKE_GCLOUD = """#!{python}
