@@ -58,6 +58,8 @@ def base() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1, 1)  # (data, fsdp, context, tensor); -1 takes the remaining devices
+  # Slices (multi-slice TPU): mesh.shape is then one slice's and the slices multiply `data`.
+  c.mesh.slices = 1
 
   # Every knob of the method (pose_jax/pose/config.py, docs/method.md).
   c.pose = PoseConfig.config_section()

@@ -39,9 +39,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   """Raises ConfigError naming the first bad key."""
   cfg = wan_config(config.model)
   try:
-    mesh = shd.resolve_mesh_shape(config.mesh.shape, num_devices)
+    mesh = shd.resolve_mesh_shape(config.mesh.shape, num_devices, config.mesh.slices)
   except ValueError as e:
-    _fail("mesh.shape", str(e))
+    _fail("mesh.slices" if "slices=" in str(e) else "mesh.shape", str(e))
   if cfg.num_heads % mesh["tensor"]:
     _fail("mesh.shape", f"tensor={mesh['tensor']} does not divide num_heads={cfg.num_heads}")
   try:

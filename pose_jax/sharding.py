@@ -104,8 +104,15 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
 
 
-def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> dict[str, int]:
-  """``{axis: size}`` for a ``MESH_AXES`` shape; -1 in one place takes the remaining devices."""
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int, slices: int = 1) -> dict[str, int]:
+  """``{axis: size}`` for a ``MESH_AXES`` shape; -1 in one place takes the remaining devices.
+
+  ``slices`` > 1: ``shape`` is one slice's (ICI) mesh over ``num_devices / slices`` devices and
+  the slices multiply the ``data`` axis (data parallelism over DCN, the only traffic that
+  crosses slices: one gradient reduction per step)."""
+  if not isinstance(slices, int) or slices < 1 or num_devices % slices:
+    raise ValueError(f"mesh slices={slices} must be a positive divisor of {num_devices} devices")
+  per_slice = num_devices // slices
   shape = list(shape)
   if len(shape) != len(MESH_AXES):
     raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries for {MESH_AXES}")
@@ -113,25 +120,34 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> dict[str, int]
     raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
   if -1 in shape:
     rest = int(np.prod([s for s in shape if s != -1]))
-    if rest <= 0 or num_devices % rest:
-      raise ValueError(f"mesh shape {shape} does not divide {num_devices} devices")
-    shape[shape.index(-1)] = num_devices // rest
-  if any(s < 1 for s in shape) or int(np.prod(shape)) != num_devices:
+    if rest <= 0 or per_slice % rest:
+      raise ValueError(f"mesh shape {shape} does not divide {per_slice} devices")
+    shape[shape.index(-1)] = per_slice // rest
+  if any(s < 1 for s in shape) or int(np.prod(shape)) != per_slice:
+    what = f"{per_slice} per slice ({slices} slices)" if slices > 1 else f"{per_slice}"
     raise ValueError(
-      f"mesh shape {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
-      f"have {num_devices}"
+      f"mesh shape {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, have {what}"
     )
+  shape[0] *= slices
   return dict(zip(MESH_AXES, shape))
 
 
-def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
+def device_grid(shape: Sequence[int], devices, slices: int = 1) -> np.ndarray:
+  """``devices`` as the ``MESH_AXES`` array of :func:`resolve_mesh_shape`'s sizes. With several
+  slices, slice ``i`` holds data indices ``[i * d, (i + 1) * d)``: devices that report a
+  ``slice_index`` (TPU) are grouped by it, others (CPU tests) by their order."""
+  sizes = resolve_mesh_shape(shape, len(devices), slices)
+  per_slice = (sizes["data"] // slices, *list(sizes.values())[1:])
+  by_slice = sorted(range(len(devices)), key=lambda i: getattr(devices[i], "slice_index", 0))
+  grid = np.array([devices[i] for i in by_slice], dtype=object).reshape(slices, *per_slice)
+  return grid.reshape(tuple(sizes.values()))
+
+
+def make_mesh(shape: Sequence[int], devices=None, slices: int = 1) -> Mesh:
   """A ``MESH_AXES`` mesh of the given shape (see :func:`resolve_mesh_shape`)."""
   devices = list(jax.devices() if devices is None else devices)
-  sizes = resolve_mesh_shape(shape, len(devices))
   return Mesh(
-    np.array(devices).reshape(tuple(sizes.values())),
-    MESH_AXES,
-    axis_types=(AxisType.Auto,) * len(MESH_AXES),
+    device_grid(shape, devices, slices), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES)
   )
 
 

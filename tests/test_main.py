@@ -60,6 +60,7 @@ def test_a_missing_config_file_is_one_line():
   "key,value,message",
   [
     ("mesh.shape", (3, 1, 1, 1), "config.mesh.shape: mesh shape"),
+    ("mesh.slices", 3, "config.mesh.slices: mesh slices=3 must be a positive divisor"),
     ("train.batch_size", 3, "config.train.batch_size: 3 is not divisible"),
     ("train.micro_batches", 3, "config.train.micro_batches: 3 does not divide"),
     ("train.micro_batches", 2, "micro-batch of 4 clips does not divide over data x fsdp"),

@@ -146,6 +146,30 @@ def test_mesh_and_rule_errors():
   assert shd.logical_to_spec((shd.ACT_BATCH, shd.EMBED)) == P(("data", "fsdp"), "fsdp")
 
 
+def test_slices_multiply_the_data_axis_and_group_devices_by_slice():
+  # mesh.shape is one slice's: 2 slices of (1, 2, 1, 2) over 8 devices -> data 2.
+  assert shd.resolve_mesh_shape((1, -1, 1, 2), 8, slices=2) == dict(
+    data=2, fsdp=2, context=1, tensor=2
+  )
+  with pytest.raises(ValueError, match="slices=3 must be a positive divisor of 8"):
+    shd.resolve_mesh_shape((1, -1, 1, 1), 8, slices=3)
+  with pytest.raises(ValueError, match="needs 8 devices, have 4 per slice \\(2 slices\\)"):
+    shd.resolve_mesh_shape((1, 8, 1, 1), 8, slices=2)
+
+  class Dev:  # a TPU device's slice_index, listed interleaved
+    def __init__(self, i):
+      self.id, self.slice_index = i, i % 2
+
+  grid = shd.device_grid((1, -1, 1, 1), [Dev(i) for i in range(8)], slices=2)
+  assert grid.shape == (2, 4, 1, 1)
+  assert [d.slice_index for d in grid[0].ravel()] == [0] * 4  # data index 0: slice 0 only
+  assert [d.id for d in grid[1].ravel()] == [1, 3, 5, 7]
+  # CPU devices have no slice_index: slices are consecutive runs of devices.
+  mesh = shd.make_mesh((1, -1, 1, 1), slices=2)
+  assert dict(mesh.shape) == dict(data=2, fsdp=4, context=1, tensor=1)
+  assert [d.id for d in mesh.devices[1].ravel()] == [d.id for d in jax.devices()[4:8]]
+
+
 def test_strided_micro_batches_need_no_data_movement():
   """A batch sharded over (data, fsdp) splits into micro-batches with no collective in the
   compiled scan: micro-batch ``i`` is rows ``i, i + m, ...``. The contiguous split (rows

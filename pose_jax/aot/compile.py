@@ -140,17 +140,22 @@ def setup(config, topology: str) -> Setup:
   """Validates ``config`` for ``topology`` as a real run would (placeholders for the paths a
   compile never reads) and builds its abstract models on the topology's mesh."""
   topo = parse_topology(topology)
-  devices = topology_devices(topo)
-  if len(devices) != topo.devices:
-    raise RuntimeError(f"{topology}: expected {topo.devices} devices, libtpu gave {len(devices)}")
+  slices = config.mesh.slices
+  if not isinstance(slices, int) or slices < 1:
+    raise config_lib.ConfigError(f"config.mesh.slices: {slices!r} is not a positive number")
+  devices = topology_devices(topo, slices)
+  if len(devices) != topo.devices * slices:
+    raise RuntimeError(
+      f"{topology} x {slices}: expected {topo.devices * slices} devices, libtpu gave {len(devices)}"
+    )
   checked = config.copy_and_resolve_references()
   with checked.unlocked():
     checked.ckpt.init_from = checked.ckpt.init_from or "<aot-compile>"
     checked.data.path = checked.data.path or "<aot-compile>"
-  config_lib.validate(checked, len(devices), topo.hosts)
+  config_lib.validate(checked, len(devices), topo.hosts * slices)
   knobs = PoseConfig.from_config(config.pose)
   cfg = config_lib.wan_config(config.model)
-  mesh = make_mesh(config.mesh.shape, devices)
+  mesh = make_mesh(config.mesh.shape, devices, slices)
   models, teacher, lora, head = pose_models.build(cfg, knobs, config.seed, mesh, abstract=True)
   return Setup(config, topology, topo, devices, knobs, cfg, mesh, models, teacher, lora, head)
 
@@ -321,6 +326,7 @@ def _header(s: Setup) -> dict:
     ),
     topology=dict(
       name=s.topology,
+      slices=s.config.mesh.slices,
       topology_name=topo.topology_name,
       devices=len(s.devices),
       chips=topo.chips,

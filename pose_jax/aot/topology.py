@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import re
 
-import numpy as np
 from jax.experimental import mesh_utils, topologies
 from jax.sharding import AxisType, Mesh
 
@@ -112,25 +111,34 @@ def parse_topology(name: str) -> Topology:
   return Topology(name, chip, f"{chip.kind}:{'x'.join(map(str, grid))}", chips, wrap, bounds)
 
 
-def topology_devices(topo: Topology):
-  """The topology's devices as libtpu describes them (compile targets, not attached chips)."""
+def topology_devices(topo: Topology, slices: int = 1):
+  """The devices of ``slices`` slices of the topology as libtpu describes them (compile
+  targets, not attached chips; each has its ``slice_index``)."""
   desc = topologies.get_topology_desc(
     platform="tpu",
     topology_name=topo.topology_name,
     chip_config_name=topo.chip.chip_config,
     chips_per_host_bounds=topo.host_bounds,
-    num_slices=1,
+    num_slices=slices,
     wrap=topo.wrap,
   )
   return list(desc.devices)
 
 
-def make_mesh(shape, devices):
+def make_mesh(shape, devices, slices: int = 1):
   """The config's ``MESH_AXES`` mesh over the topology's devices, laid out on the physical torus
-  (``mesh_utils.create_device_mesh``), axis types Auto like :func:`pose_jax.sharding.make_mesh`."""
-  sizes = tuple(shd.resolve_mesh_shape(shape, len(devices)).values())
+  (``mesh_utils.create_device_mesh``; with several slices ``create_hybrid_device_mesh``, the
+  slices along ``data``), axis types Auto like :func:`pose_jax.sharding.make_mesh`."""
+  sizes = tuple(shd.resolve_mesh_shape(shape, len(devices), slices).values())
+  per_slice = (sizes[0] // slices, *sizes[1:])
   try:
-    grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    if slices == 1:
+      grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+    else:
+      dcn = (slices,) + (1,) * (len(sizes) - 1)
+      grid = mesh_utils.create_hybrid_device_mesh(
+        per_slice, dcn, devices, allow_split_physical_axes=True
+      )
   except (ValueError, NotImplementedError, AssertionError):
-    grid = np.array(devices).reshape(sizes)
+    grid = shd.device_grid(shape, devices, slices)
   return Mesh(grid, shd.MESH_AXES, axis_types=(AxisType.Auto,) * len(shd.MESH_AXES))

@@ -72,7 +72,7 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
   }
 
   # --- Mesh ------------------------------------------------------------------------------------
-  mesh = shd.make_mesh(config.mesh.shape)
+  mesh = shd.make_mesh(config.mesh.shape, slices=config.mesh.slices)
 
   # --- Resume check: before any work, the workdir's config against this one ------------------
   mngr = checkpoint.manager(workdir, config.ckpt.every, config.ckpt.keep, config.ckpt.async_save)

@@ -114,6 +114,22 @@ def test_context_parallelism_splits_each_devices_attention(tmp_path):
   assert got == {(10, 32768), (40, 8192)}
 
 
+def test_two_slices_put_data_parallelism_across_them(tmp_path):
+  out = tmp_path / "slices.json"
+  r = _compile(
+    "--config=configs/toy_i2v.py",
+    "--topology=v5p-8",
+    "--config.mesh.slices=2",
+    "--config.mesh.shape=(1,-1,1,1)",
+    "--phase=sample",
+    f"--out={out}",
+  )
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+  report = json.loads(out.read_text())
+  assert report["topology"]["slices"] == 2 and report["topology"]["devices"] == 8
+  assert report["config"]["mesh"] == dict(data=2, fsdp=4, context=1, tensor=1)
+
+
 @pytest.mark.parametrize(
   "flag,message",
   [
