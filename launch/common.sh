@@ -9,7 +9,7 @@
 #   q_word, q, quote_cmd  shell-quote words (q: --flag='value') for display and remote commands
 #   run CMD...            --dry-run: print "+ CMD" on stdout and run nothing;
 #                         otherwise print "+ CMD" on stderr and run it
-#   check_* VALUE         input checks (exit 2 naming the flag)
+#   check_* VALUE         input checks (exit 2 naming the flag), e.g. check_trainer_flags
 #   accel_hosts ACCEL     number of TPU VM hosts of an accelerator type
 #   GCLOUD_COMMON         (--project=P) when --project was given
 
@@ -152,6 +152,29 @@ check_accelerator() {  # check_accelerator VALUE [FLAG]
         die "$flag=$a: $gen sizes count TensorCores: a multiple of 8 (e.g. $gen-8, $gen-64)"
       ;;
   esac
+}
+
+check_env() {  # check_env KEY=VALUE (an --env flag's value)
+  [[ $1 =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env=$1: expected KEY=VALUE"
+}
+
+check_config_file() {  # check_config_file FILE.py[:VARIANT] (a --config flag's value)
+  local file=${1%%:*}
+  [[ $file =~ ^[A-Za-z0-9_./-]+\.py$ ]] || die "--config=$1: expected FILE.py[:VARIANT]"
+  [[ $file == /* || -f $REPO_ROOT/$file ]] || die "--config=$1: $file is not in $REPO_ROOT"
+}
+
+check_trainer_flags() {  # check_trainer_flags WHERE ARG... (the trainer's extra arguments)
+  local where=$1 o
+  shift
+  for o in "$@"; do
+    [[ $o == --* ]] || die "trainer argument '$o' is not a flag (expected --config.KEY=VALUE)"
+    case $o in
+      --coordinator_address* | --num_processes* | --process_id*)
+        die "$o: leave the coordinator flags out $where (JAX detects the hosts itself)"
+        ;;
+    esac
+  done
 }
 
 accel_hosts() {  # assumes check_accelerator passed

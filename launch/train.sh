@@ -67,8 +67,7 @@ while (($#)); do
     --run | --run=*) take RUN_NAME "$@"; shift "$NSHIFT" ;;
     --env | --env=*)
       take value "$@"; shift "$NSHIFT"
-      [[ $value =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env=$value: expected KEY=VALUE"
-      ENVS+=("$value")
+      check_env "$value" && ENVS+=("$value")
       ;;
     --worker | --worker=*) take WORKER "$@"; shift "$NSHIFT" ;;
     --project | --project=*) take PROJECT "$@"; shift "$NSHIFT" ;;
@@ -105,16 +104,10 @@ if [[ -z $RUN_NAME ]]; then
   RUN_NAME=${RUN_NAME//[^A-Za-z0-9._-]/_}
 fi
 check_run_name "$RUN_NAME"
-CONFIG_FILE=${CONFIG%%:*}
-[[ $CONFIG_FILE =~ ^[A-Za-z0-9_./-]+\.py$ ]] || die "--config=$CONFIG: expected FILE.py[:VARIANT]"
-[[ $CONFIG_FILE == /* || -f $REPO_ROOT/$CONFIG_FILE ]] ||
-  die "--config=$CONFIG: $CONFIG_FILE is not in $REPO_ROOT"
+check_config_file "$CONFIG"
+check_trainer_flags "on TPU VMs" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
 for o in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do
-  [[ $o == --* ]] || die "trainer argument '$o' is not a flag (expected --config.KEY=VALUE)"
   case $o in
-    --coordinator_address* | --num_processes* | --process_id*)
-      die "$o: leave the coordinator flags out on TPU VMs (JAX detects the hosts itself)"
-      ;;
     --config.data.path=gs://* | --config.data.eval_path=gs://*)
       info "warning: ${o%%=*} is gs://, but the data loader reads local files (os.path/glob):" \
         "copy the shards to the same local path on every worker"

@@ -85,8 +85,7 @@ while (($#)); do
     --priority | --priority=*) take PRIORITY "$@"; shift "$NSHIFT" ;;
     --env | --env=*)
       take value "$@"; shift "$NSHIFT"
-      [[ $value =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env=$value: expected KEY=VALUE"
-      ENVS+=("$value")
+      check_env "$value" && ENVS+=("$value")
       ;;
     --project | --project=*) take PROJECT "$@"; shift "$NSHIFT" ;;
     *) die "unknown argument: $1 (trainer overrides: --config.KEY=VALUE, or put them after --)" ;;
@@ -113,17 +112,8 @@ if [[ $ACTION == create ]]; then
   [[ $GRACE =~ ^[0-9]+$ ]] || die "--grace-seconds=$GRACE: expected a number of seconds"
   [[ " very-low low medium high very-high " == *" $PRIORITY "* ]] ||
     die "--priority=$PRIORITY: one of very-low, low, medium, high, very-high"
-  CONFIG_FILE=${CONFIG%%:*}
-  [[ $CONFIG_FILE =~ ^[A-Za-z0-9_./-]+\.py$ && -f $REPO_ROOT/$CONFIG_FILE ]] ||
-    die "--config=$CONFIG: expected FILE.py[:VARIANT] in $REPO_ROOT"
-  for o in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do
-    [[ $o == --* ]] || die "trainer argument '$o' is not a flag (expected --config.KEY=VALUE)"
-    case $o in
-      --coordinator_address* | --num_processes* | --process_id*)
-        die "$o: leave the coordinator flags out on GKE (JAX detects the hosts itself)"
-        ;;
-    esac
-  done
+  check_config_file "$CONFIG"
+  check_trainer_flags "on GKE" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
 elif [[ -n $TPU_TYPE$WORKDIR || ${#OVERRIDES[@]} -gt 0 ]]; then
   die "--$ACTION takes no --tpu-type, --workdir or trainer flags"
 fi

@@ -38,6 +38,14 @@ def _compile(*flags, timeout=600):
   )
 
 
+def _report(tmp_path, *flags) -> dict:
+  """The JSON report of a compile that must succeed."""
+  out = tmp_path / "report.json"
+  r = _compile(*flags, f"--out={out}")
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+  return json.loads(out.read_text())
+
+
 def test_topology_names():
   t = topology.parse_topology("v5p-64")
   assert (t.topology_name, t.chips, t.devices, t.chip.chip_config) == (
@@ -60,17 +68,14 @@ def test_topology_names():
 
 
 def test_toy_config_compiles_every_phase_for_a_tpu_slice(tmp_path):
-  out = tmp_path / "toy.json"
-  r = _compile(
+  report = _report(
+    tmp_path,
     "--config=configs/toy_i2v.py:scratch",  # every phase
     "--topology=v6e-8",
     "--config.model.attention=splash",  # the Pallas TPU kernel compiles at toy sizes too
     "--config.mesh.shape=(1,-1,1,1)",  # FSDP, as the real config
     "--config.model.num_layers=2",  # taps (0, 1): fewer scan segments, a faster compile
-    f"--out={out}",
   )
-  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-  report = json.loads(out.read_text())
   assert report["topology"]["devices"] == 8 and report["topology"]["device_kind"] == "TPU v6 lite"
   assert set(report["phases"]) == {"pretrain", "priming", "equilibrium", "sample"}
   assert report["flops_convention"] == "analytic-mfu (see pose_jax.aot.flops)"
@@ -95,8 +100,8 @@ def test_context_parallelism_splits_each_devices_attention(tmp_path):
   # compiled program: Ulysses self-attention runs 40/4 heads on all 32760 video tokens (padded
   # to 32768), cross-attention (allgather) all 40 heads on 32760/4 of the queries (to 8192).
   # Before queries were split over context, every device's kernel ran 40 x 32768.
-  out = tmp_path / "cp.json"
-  r = _compile(
+  report = _report(
+    tmp_path,
     "--config=configs/wan_i2v.py",
     "--topology=v6e-8",
     "--phase=sample",
@@ -105,27 +110,21 @@ def test_context_parallelism_splits_each_devices_attention(tmp_path):
     "--config.train.batch_size=8",
     "--config.train.micro_batches=1",
     "--config.model.context_parallel=ulysses",
-    f"--out={out}",
   )
-  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-  report = json.loads(out.read_text())
   assert report["config"]["context_parallel"] == "ulysses"
   got = {(k["heads"], k["queries"]) for k in report["phases"]["sample"]["splash_per_device"]}
   assert got == {(10, 32768), (40, 8192)}
 
 
 def test_two_slices_put_data_parallelism_across_them(tmp_path):
-  out = tmp_path / "slices.json"
-  r = _compile(
+  report = _report(
+    tmp_path,
     "--config=configs/toy_i2v.py",
     "--topology=v5p-8",
     "--config.mesh.slices=2",
     "--config.mesh.shape=(1,-1,1,1)",
     "--phase=sample",
-    f"--out={out}",
   )
-  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-  report = json.loads(out.read_text())
   assert report["topology"]["slices"] == 2 and report["topology"]["devices"] == 8
   assert report["config"]["mesh"] == dict(data=2, fsdp=4, context=1, tensor=1)
 
