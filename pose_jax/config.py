@@ -6,6 +6,7 @@ import os
 
 import ml_collections
 
+from pose_jax import paths
 from pose_jax import sharding as shd
 from pose_jax.models.wan import WanConfig, preset
 from pose_jax.models.wan.config import PRESETS
@@ -109,8 +110,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
 
 
 def check_paths(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for a local path the run reads that does not exist (before any work;
-  ``gs://`` paths are checked when read)."""
+  """Raises ConfigError for a local path the run reads that does not exist, and for ``gs://``
+  shards (array_record reads local files only), before any work; other ``gs://`` paths are
+  checked when read."""
+  if config.data.kind == "records":
+    for key in ("path", "eval_path"):
+      if paths.is_remote(config.data[key]):
+        _fail(f"data.{key}", f"{config.data[key]}: {paths.ARRAY_RECORD}; {paths.ARRAY_RECORD_FIX}")
   init_from = config.ckpt.init_from
   if init_from and "://" not in init_from and not os.path.isdir(init_from):
     _fail("ckpt.init_from", f"{init_from}: no such checkpoint directory")

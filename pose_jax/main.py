@@ -129,7 +129,7 @@ def main(argv) -> None:
     config_lib.check_paths(config)
   except config_lib.ConfigError as e:
     _config_error(str(e))
-  from pose_jax import data  # here (with training): keeps --help fast
+  from pose_jax import data, paths  # here (with training): keeps --help fast
   from pose_jax.training import resume, train
 
   try:
@@ -137,7 +137,7 @@ def main(argv) -> None:
   except train.Preempted as e:
     print(e, flush=True)
     raise SystemExit(0) from None
-  except (config_lib.ConfigError, data.DataMismatch) as e:  # the workdir's or the data's config
+  except (config_lib.ConfigError, data.DataMismatch, paths.LocalOnly) as e:  # workdir, data
     _config_error(str(e))
   except resume.CheckpointDamaged as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

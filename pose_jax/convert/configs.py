@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 
+from etils import epath
+
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.models.wan import PRESETS, WanConfig
 
 
 def load_config(spec: str | None) -> WanConfig | None:
-  """A preset name or the path of a diffusers ``config.json``."""
+  """A preset name or the path of a diffusers ``config.json`` (local or ``gs://``)."""
   if spec is None:
     return None
   if spec in PRESETS:
     return PRESETS[spec]
   try:
-    with open(spec) as f:
-      return WanConfig.from_diffusers(json.load(f))
+    return WanConfig.from_diffusers(json.loads(epath.Path(spec).read_text()))
   except (OSError, json.JSONDecodeError, KeyError) as e:
     raise CheckpointError(
       f"--config={spec}: not a preset {sorted(PRESETS)} nor a config ({e})"

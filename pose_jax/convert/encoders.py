@@ -54,6 +54,7 @@ from pose_jax.convert.safetensors_io import SafetensorsReader, read_config
 from pose_jax.models.encoders import clip_vision, umt5
 from pose_jax.models.encoders.clip_vision import CLIPVisionConfig, CLIPVisionEncoder
 from pose_jax.models.encoders.umt5 import UMT5Config, UMT5Encoder
+from pose_jax.paths import GCSFUSE, local_only
 
 Items = Iterable[tuple[str, np.ndarray]]
 Target = strict.Target
@@ -288,6 +289,7 @@ def _torch_items(path: str) -> Iterator[tuple[str, np.ndarray]]:
   """A torch state-dict pickle, tensor by tensor as float32/int numpy (torch imported here)."""
   import torch
 
+  local_only(path, "torch checkpoint", "torch.load reads local files", f"copy it or {GCSFUSE}")
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no such file (expected a Wan2.1 .pth checkpoint)")
   try:

@@ -4,6 +4,9 @@ A checkpoint is a directory holding ``config.json`` and either one ``*.safetenso
 shards listed by a ``*.safetensors.index.json`` (its ``weight_map``), or a single file path.
 Tensors are read lazily, one at a time. Problems (missing shard, truncated or corrupt file,
 key listed in the index but absent from its shard) raise :class:`CheckpointError` naming the file.
+``config.json`` files are read through etils ``epath`` (local or ``gs://``); the tensors are
+memory-mapped by ``safe_open``, from local disk only, so a ``gs://`` checkpoint is refused
+(:class:`pose_jax.paths.LocalOnly`) with what to do.
 """
 
 from __future__ import annotations
@@ -13,18 +16,21 @@ import os
 from collections.abc import Iterator
 
 import numpy as np
+from etils import epath
 from safetensors import safe_open
 
 from pose_jax.convert.errors import CheckpointError
+from pose_jax.paths import GCSFUSE, local_only
+
+LOCAL = "safetensors files are memory-mapped from local disk"
 
 
 def read_config(path: str, name: str = "config.json") -> dict:
-  config_path = os.path.join(path, name)
-  if not os.path.isfile(config_path):
+  config_path = epath.Path(path) / name
+  if not config_path.is_file():
     raise CheckpointError(f"{config_path}: no such file (expected a diffusers/transformers config)")
   try:
-    with open(config_path) as f:
-      return json.load(f)
+    return json.loads(config_path.read_text())
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{config_path}: not valid JSON ({e})") from e
 
@@ -33,6 +39,7 @@ class SafetensorsReader:
   """Key -> numpy array over a single file or an index of shards."""
 
   def __init__(self, path: str, prefix: str = "diffusion_pytorch_model"):
+    local_only(path, "safetensors checkpoint", LOCAL, f"copy it locally or {GCSFUSE}")
     if os.path.isfile(path):
       self._files = {None: path}
       self._map = None

@@ -29,6 +29,7 @@ from pose_jax.convert import strict
 from pose_jax.convert.errors import CheckpointError
 from pose_jax.convert.safetensors_io import SafetensorsReader, read_config
 from pose_jax.models.wan.vae import WanVAE, WanVAEConfig, preset
+from pose_jax.paths import GCSFUSE, local_only
 
 # --- diffusers key -> our parameter ---------------------------------------------------------
 
@@ -180,6 +181,7 @@ def load_vae_wan_pth(path: str, cfg: WanVAEConfig | None = None) -> WanVAE:
   import torch  # only here: the rest of pose_jax never needs torch
 
   cfg = cfg or preset("wan2_1")
+  local_only(path, "torch checkpoint", "torch.load reads local files", f"copy it or {GCSFUSE}")
   try:
     sd = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # unpickling / zip errors come in many types

@@ -36,6 +36,7 @@ from absl import app, flags
 from flax import nnx
 
 from pose_jax.data.records import ShardWriter
+from pose_jax.paths import GCSFUSE, local_only
 
 SKIP_REASONS = ("unreadable", "too_short", "no_caption", "encode_failed")
 MOD_VALUE = 16  # frame sides: multiples of the VAE stride x the DiT patch (checked again on load)
@@ -300,6 +301,9 @@ def main(argv: Sequence[str]) -> None:
 
   f = flags.FLAGS
   try:
+    local = [("out", f.out), ("captions", f.captions), *(("videos", v) for v in f.videos)]
+    for name, value in local:  # reading from / writing to buckets: not yet
+      local_only(value, f"--{name}", "prepare reads and writes local files only", GCSFUSE)
     videos, captions = check_inputs(f.videos, f.captions, f.frames, f.height, f.width)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None

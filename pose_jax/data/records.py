@@ -45,6 +45,7 @@ from pose_jax.data.example import (
   shapes,
   validate,
 )
+from pose_jax.paths import ARRAY_RECORD, ARRAY_RECORD_FIX, local_only
 
 META = "meta.json"
 NEG_TEXT = "neg_text.npy"
@@ -66,6 +67,7 @@ class ShardWriter:
   ):
     if shard_size < 1:
       raise ValueError(f"shard_size={shard_size} must be >= 1")
+    local_only(out_dir, "shard directory", ARRAY_RECORD, "write them locally, then copy them")
     os.makedirs(out_dir, exist_ok=True)
     self.out_dir, self.shard_size, self.prefix = out_dir, shard_size, prefix
     self.compress, self.float_dtype = compress, float_dtype
@@ -130,6 +132,7 @@ def write_dataset(
 
 
 def read_meta(data_dir: str) -> dict[str, Any]:
+  _local(data_dir, "dataset directory")
   with open(os.path.join(data_dir, META)) as f:
     return json.load(f)
 
@@ -187,9 +190,16 @@ class SyntheticSource:
     return out
 
 
+def _local(path: str, what: str) -> str:
+  return local_only(path, what, ARRAY_RECORD, ARRAY_RECORD_FIX)
+
+
 def shard_paths(paths: str | Sequence[str]) -> list[str]:
   """A dataset directory, a glob, or a list of shard paths -> sorted shard paths; never empty
-  (FileNotFoundError naming the directory or glob)."""
+  (FileNotFoundError naming the directory or glob); :class:`pose_jax.paths.LocalOnly` for a
+  ``gs://`` path."""
+  for p in [paths] if isinstance(paths, str) else paths:
+    _local(p, "ArrayRecord shards")
   if isinstance(paths, str):
     if os.path.isdir(paths):
       if os.path.isfile(os.path.join(paths, META)):

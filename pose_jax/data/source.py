@@ -6,10 +6,14 @@
            when the config asks for another ``data.size`` / ``data.frames`` / ``seed`` than the
            clips there were built with (or another ``data.clips_per_move`` / ``data.flips``,
            where the config has them), or when they were made by another toy codec version or
-           factor (their ``meta.json`` records all of them)
+           factor (their ``meta.json`` records all of them). With a ``gs://`` workdir they are
+           built on local disk instead, under ``$TMPDIR/pose_jax_toy_data/gs/<bucket>/<path>``
+           (:func:`toy_root`): array_record reads shards only from local files, and the clips
+           are a deterministic function of the config, so a local copy loses nothing
   records  ArrayRecord shards at ``config.data.path``; held-out shards at ``data.eval_path``;
            ValueError when their ``meta.json`` records other frames / height / width than
-           ``config.data`` asks (``height`` / ``width`` 0: not checked)
+           ``config.data`` asks (``height`` / ``width`` 0: not checked);
+           :class:`pose_jax.paths.LocalOnly` for ``gs://`` shards (array_record would hang)
 
 The iterator yields this process's share of ``config.train.batch_size`` (numpy dicts) and is
 checkpointable (grain). The eval batch is up to 8 held-out examples (toy data: every held-out
@@ -22,10 +26,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import tempfile
 
 import jax
 import ml_collections
 
+from pose_jax import paths
 from pose_jax.data import records
 from pose_jax.data.toy_codec import ToyCodec
 
@@ -45,7 +51,7 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> tuple:
   """``(train iterator, eval batch | None)`` for ``config.data``."""
   per_process = config.train.batch_size // jax.process_count()
   if config.data.kind == "toy":
-    root = os.path.join(workdir, "data")
+    root = toy_root(workdir)
     if jax.process_count() > 1:
       root = os.path.join(root, f"process_{jax.process_index()}")
     toy_keys = {k: config.data[k] for k in TOY_KEYS if k in config.data}
@@ -60,6 +66,9 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> tuple:
     train_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
   else:
     train_dir, eval_dir = config.data.path, config.data.eval_path
+    for key in ("path", "eval_path"):
+      why, fix = paths.ARRAY_RECORD, paths.ARRAY_RECORD_FIX
+      paths.local_only(config.data[key], f"config.data.{key}", why, fix)
     for path in (train_dir, eval_dir):
       check_records(config.data, path)
   iterator = records.make_iterator(train_dir, per_process, seed=config.seed)
@@ -73,6 +82,15 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> tuple:
     eval_batch = next(eval_it)
     eval_it.close()  # else its threads read (prefetch) on in the background
   return iterator, eval_batch
+
+
+def toy_root(workdir: str) -> str:
+  """Where the toy clips of ``workdir`` live: ``<workdir>/data``, or for a remote workdir
+  (``gs://b/run``) the local ``$TMPDIR/pose_jax_toy_data/gs/b/run/data``."""
+  if not paths.is_remote(workdir):
+    return os.path.join(workdir, "data")
+  scheme, rest = os.fspath(workdir).split("://", 1)
+  return os.path.join(tempfile.gettempdir(), "pose_jax_toy_data", scheme, rest.strip("/"), "data")
 
 
 def ensure_toy_data(root: str, codec: ToyCodec, **built_with) -> bool:

@@ -33,6 +33,7 @@ from pose_jax.data.example import MASK_CHANNELS
 from pose_jax.data.records import write_dataset
 from pose_jax.data.toy_codec import ToyCodec
 from pose_jax.data.toy_encoders import TEXT_LENGTH, ToyEncoders
+from pose_jax.paths import ARRAY_RECORD, local_only
 
 # skimage.data photo name -> what the caption calls it
 PHOTOS: dict[str, str] = {
@@ -209,6 +210,7 @@ def build_dataset(
   (default ``ToyCodec()``) makes the latents and the condition; ``footage``: each split also
   holds the windows of real footage of its time ranges (:func:`footage.footage_clips`), after
   the photo clips; ``pan_speed``: pixels per frame of a pan (0: :func:`pan_speed`)."""
+  local_only(out_dir, "--out", ARRAY_RECORD, "build the clips locally, then copy them")
   unknown = set(holdout) - set(PHOTOS)
   if unknown:
     raise ValueError(f"unknown holdout photo(s) {sorted(unknown)}; choose from {list(PHOTOS)}")

@@ -11,7 +11,8 @@
 
 Outputs: ``--out`` (default ``sample.mp4`` in the current directory) and a PNG strip of its
 frames, by default beside it (``sample.png``; ``--strip=`` writes none); one line per video says
-where they went.
+where they went. ``--ckpt``, ``--image``, ``--prompts_file``, ``--out`` and ``--strip`` may be
+``gs://`` paths (etils epath); ``--pipeline`` must be local (diffusers reads local folders).
 
 A toy run (``python -m pose_jax.main --config=configs/toy_i2v.py --workdir=W``): ``--ckpt=W``
 alone. Its checkpoints hold its config (``meta["config"]``), and from it the sampler rebuilds
@@ -63,11 +64,13 @@ import time
 from collections.abc import Sequence
 
 from absl import app, flags
+from etils import epath
 
 from pose_jax import sharding as shd
 from pose_jax.conditioning import ConditioningStack
 from pose_jax.convert.configs import load_config
 from pose_jax.convert.errors import CheckpointError
+from pose_jax.paths import GCSFUSE, is_remote
 from pose_jax.sampling import toy
 from pose_jax.sampling.loading import load_dit, pipeline_mod_value
 from pose_jax.sampling.pipeline import I2VPipeline, fit_image
@@ -137,21 +140,22 @@ def parse_mesh(text: str) -> tuple[int, ...]:
 
 
 def read_prompts_file(path: str) -> list[tuple[str, str]]:
-  """``[(image_path, prompt)]`` from ``image_path<TAB>prompt`` lines."""
-  if not os.path.isfile(path):
+  """``[(image_path, prompt)]`` from ``image_path<TAB>prompt`` lines (the file and its images
+  local or ``gs://``; image paths relative to the file's folder)."""
+  p = epath.Path(path)
+  if not p.is_file():
     raise FlagError(f"--prompts_file={path}: no such file")
-  base = os.path.dirname(os.path.abspath(path))
+  base = p.parent if is_remote(path) else epath.Path(os.path.abspath(path)).parent
   items = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      line = line.rstrip("\n").rstrip("\r")
-      if not line.strip() or line.lstrip().startswith("#"):
-        continue
-      if "\t" not in line:
-        raise FlagError(f"--prompts_file={path}: line {n} is not 'image_path<TAB>prompt'")
-      image, prompt = line.split("\t", 1)
-      image = os.path.join(base, os.path.expanduser(image.strip()))
-      items.append((image, prompt.strip()))
+  for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    if not line.strip() or line.lstrip().startswith("#"):
+      continue
+    if "\t" not in line:
+      raise FlagError(f"--prompts_file={path}: line {n} is not 'image_path<TAB>prompt'")
+    image, prompt = line.split("\t", 1)
+    image = image.strip()
+    image = image if is_remote(image) else os.fspath(base / os.path.expanduser(image))
+    items.append((image, prompt.strip()))
   if not items:
     raise FlagError(f"--prompts_file={path}: no samples in it")
   return items
@@ -179,6 +183,9 @@ def _pipeline_settings(f) -> dict:
   if not f.pipeline:
     not_toy = f"; --ckpt={f.ckpt} is not a toy run" if f.ckpt else ""
     raise FlagError(f"--pipeline is required (a diffusers WanImageToVideoPipeline folder){not_toy}")
+  if is_remote(f.pipeline):
+    why = "diffusers folders are read from local disk (from_pretrained, safetensors)"
+    raise FlagError(f"--pipeline={f.pipeline}: {why}; copy it locally or {GCSFUSE}")
   if not os.path.isdir(f.pipeline):
     raise FlagError(f"--pipeline={f.pipeline}: no such directory")
   return dict(
@@ -219,7 +226,7 @@ def _toy_settings(f, meta: dict) -> dict:
 
 def check_flags(f) -> dict:
   """Validated settings; raises FlagError naming the flag."""
-  if f.ckpt and not os.path.exists(f.ckpt) and "://" not in f.ckpt:
+  if f.ckpt and not is_remote(f.ckpt) and not os.path.exists(f.ckpt):
     raise FlagError(f"--ckpt={f.ckpt}: no such checkpoint or workdir")
   meta = _run_meta(f)
   t = _pipeline_settings(f) if meta is None else _toy_settings(f, meta)

@@ -6,14 +6,19 @@ to_uint8(video)                  float in [0, 1] (the pipeline's ``output_type="
 write_mp4(path, video, fps=16)   H.264 (libx264) if this PyAV build has it, else MPEG-4 Part 2;
                                  returns the codec used. Odd H/W are padded by edge replication
                                  to even (yuv420p needs even sizes); other sizes as given.
+write_png(path, image)           uint8 [H, W, 3] as PNG
 write_strip_png(path, video)     up to ``max_frames`` evenly spaced frames side by side
+
+Paths may be local or ``gs://`` (etils ``epath``): files are read whole and encoded in memory,
+then written in one piece, so PyAV and PIL never see a URL.
 """
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
+from etils import epath
 
 CODECS = ("libx264", "mpeg4")  # preference order
 
@@ -26,12 +31,13 @@ def read_image(path: str) -> np.ndarray:
   """
   from PIL import Image, ImageOps, UnidentifiedImageError
 
-  if not os.path.exists(path):
+  p = epath.Path(path)
+  if not p.exists():
     raise FileNotFoundError(f"{path}: no such file")
-  if not os.path.isfile(path):
+  if not p.is_file():
     raise ValueError(f"{path}: not a file")
   try:
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(p.read_bytes())) as im:
       im = ImageOps.exif_transpose(im)
       rgb = np.asarray(im.convert("RGB"))
   except UnidentifiedImageError as e:
@@ -86,8 +92,8 @@ def write_mp4(path: str, video: np.ndarray, fps: int = 16, codec: str | None = N
 
   video = pad_even(_check_video(video))
   codec = codec or available_codec()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with av.open(path, mode="w") as container:
+  buf = io.BytesIO()
+  with av.open(buf, mode="w", format="mp4") as container:
     stream = container.add_stream(codec, rate=int(fps))
     stream.width, stream.height = video.shape[2], video.shape[1]
     stream.pix_fmt = "yuv420p"
@@ -100,14 +106,31 @@ def write_mp4(path: str, video: np.ndarray, fps: int = 16, codec: str | None = N
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
+  _write_bytes(path, buf.getvalue())
   return codec
+
+
+def _write_bytes(path, data: bytes) -> None:
+  """``data`` to ``path`` (local or ``gs://``), its parent folders made first."""
+  p = epath.Path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  p.write_bytes(data)
+
+
+def write_png(path, image: np.ndarray) -> None:
+  """uint8 ``[H, W, 3]`` to a PNG file at ``path`` (local or ``gs://``)."""
+  from PIL import Image
+
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  _write_bytes(path, buf.getvalue())
 
 
 def read_mp4(path: str) -> np.ndarray:
   """All frames of a video file as uint8 ``[F, H, W, 3]`` (for checks)."""
   import av
 
-  with av.open(path) as container:
+  with av.open(io.BytesIO(epath.Path(path).read_bytes())) as container:
     return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
@@ -120,10 +143,7 @@ def strip(video: np.ndarray, max_frames: int = 8) -> np.ndarray:
 
 
 def write_strip_png(path: str, video: np.ndarray, max_frames: int = 8) -> None:
-  from PIL import Image
-
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(strip(video, max_frames)).save(path, format="PNG")
+  write_png(path, strip(video, max_frames))
 
 
 __all__ = [
@@ -134,5 +154,6 @@ __all__ = [
   "strip",
   "to_uint8",
   "write_mp4",
+  "write_png",
   "write_strip_png",
 ]

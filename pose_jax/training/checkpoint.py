@@ -1,8 +1,10 @@
 """Training checkpoints with orbax: train state + teacher (when trained here) + data iterator +
 run metadata, one ``CheckpointManager`` under ``<workdir>/checkpoints`` (local or ``gs://``).
 
-Orbax writes each step to a temporary directory and renames it when complete, so a step that
-was interrupted is never listed by ``all_steps()`` / ``latest_step()``.
+Orbax writes each local step to a temporary directory and renames it when complete; on ``gs://``
+(no atomic rename) it writes the step in place and adds ``commit_success.txt`` last. Either way
+a step that was interrupted is never listed by ``all_steps()`` / ``latest_step()``
+(``tests/cloud/test_gcs.py`` checks the bucket case).
 """
 
 from __future__ import annotations

@@ -24,12 +24,12 @@ compared with the real clip:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -81,7 +81,7 @@ class EvalSampler:
   ):
     if every < 0:
       raise ValueError(f"config.eval.every: {every} must be >= 0 (0 = only at phase ends)")
-    self.root = os.path.join(workdir, "samples")
+    self.root = epath.Path(workdir) / "samples"  # local or gs://
     self.batch = {k: jnp.asarray(v) for k, v in batch.items() if k in ("cond", "text", "image")}
     self.decode, self.every, self.fps = decode, every, fps
     self.max_videos = max_videos
@@ -117,10 +117,10 @@ class EvalSampler:
 
   def _write(self, step: int, name: str, videos: np.ndarray) -> list[dict]:
     """Writes ``name_<i>.mp4`` and ``name.png``; returns their rows of ``index.json``."""
-    folder = os.path.join(self.root, f"step_{step}")
+    folder = self.root / f"step_{step}"
     rows = []
     for i, video in enumerate(videos):
-      video_io.write_mp4(os.path.join(folder, f"{name}_{i}.mp4"), video, fps=self.fps)
+      video_io.write_mp4(folder / f"{name}_{i}.mp4", video, fps=self.fps)
       rows.append(
         {
           "video": f"{name}_{i}.mp4",
@@ -133,25 +133,18 @@ class EvalSampler:
           "condition_image": f"condition_{i}.png",
         }
       )
-    from PIL import Image
-
     strips = np.concatenate([video_io.strip(v) for v in videos], axis=0)
-    Image.fromarray(strips).save(os.path.join(folder, f"{name}.png"))
+    video_io.write_png(folder / f"{name}.png", strips)
     return rows
 
   def _write_index(self, step: int, rows: list[dict]) -> None:
     """``index.json`` (one row per video: its prompt, condition image, weights and step) and
     the condition images ``condition_<i>.png`` beside the videos."""
-    from PIL import Image
-
-    folder = os.path.join(self.root, f"step_{step}")
+    folder = self.root / f"step_{step}"
     for i in sorted({r["strip_row"] for r in rows}):
-      Image.fromarray(video_io.to_uint8(self.image[i])).save(
-        os.path.join(folder, f"condition_{i}.png")
-      )
+      video_io.write_png(folder / f"condition_{i}.png", video_io.to_uint8(self.image[i]))
     info = {"step": step, "fps": self.fps, "videos": rows}
-    with open(os.path.join(folder, "index.json"), "w") as f:
-      json.dump(info, f, indent=1)
+    (folder / "index.json").write_text(json.dumps(info, indent=1))
 
 
 def from_config(config, workdir: str, dit, eval_batch: dict | None) -> EvalSampler | None:

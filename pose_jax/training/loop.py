@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh, NamedSharding
 
+from pose_jax import paths
 from pose_jax import sharding as shd
 from pose_jax.aot.report import compiled_stats
 from pose_jax.training import checkpoint
@@ -116,15 +117,20 @@ class MetricWriter:
 
   ``start_step``: the step the run (re)starts from. Records past it, left by a run that went
   further than its last checkpoint, are dropped (TensorBoard: its purge step), and a torn last
-  line (a write cut short) is repaired, so each step is logged once.
+  line (a write cut short) is repaired, so each step is logged once. A ``gs://`` object cannot
+  be appended to (gcsfs' mode ``"a"`` overwrites): there the log is kept in memory and the whole
+  object rewritten at each write, so what is in the bucket is always the complete log.
   """
 
   def __init__(self, workdir: str, tensorboard: bool = True, start_step: int = 0):
     self.path = epath.Path(workdir) / "metrics.jsonl"
     self.enabled = jax.process_index() == 0
     self.tb = None
+    self._text = None  # remote: the log's whole text
     if self.enabled:
       _truncate_log(self.path, start_step)
+      if paths.is_remote(workdir):
+        self._text = self.path.read_text() if self.path.exists() else ""
     if self.enabled and tensorboard:
       from tensorboardX import SummaryWriter
 
@@ -136,8 +142,13 @@ class MetricWriter:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in metrics.items()}
-    with self.path.open("a") as f:
-      f.write(json.dumps({"step": step, **scalars}) + "\n")
+    line = json.dumps({"step": step, **scalars}) + "\n"
+    if self._text is None:
+      with self.path.open("a") as f:
+        f.write(line)
+    else:
+      self._text += line
+      self.path.write_text(self._text)
     if self.tb is not None:
       for k, v in scalars.items():
         self.tb.add_scalar(k, v, step)
