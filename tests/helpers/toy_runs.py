@@ -1,10 +1,9 @@
 """Subprocess runs of ``python -m pose_jax.main`` on a small toy config, shared by the end-to-end
-tests (resume, preemption, multi-process), and the one reference run they all compare with."""
+tests (resume, preemption, multi-process, gs://), and the one reference run they all compare
+with. Workdirs may be local or ``gs://`` (read through etils epath)."""
 
-import glob
 import json
 import os
-import pathlib
 import shutil
 import signal
 import struct
@@ -14,6 +13,7 @@ import tempfile
 import time
 
 import numpy as np
+from etils import epath
 from filelock import FileLock
 
 from tests.helpers import ROOT, xla_flags
@@ -91,9 +91,13 @@ def kill(proc) -> None:
 
 
 def wait_for_checkpoint(workdir, step, procs):
-  done = os.path.join(workdir, "checkpoints", str(step))
+  """Until checkpoint ``step`` is complete: its folder (local: orbax renames a finished step into
+  place) or its ``commit_success.txt`` (``gs://``: orbax writes the step in place, that last)."""
+  done = epath.Path(workdir) / "checkpoints" / str(step)
+  if "://" in str(workdir):
+    done = done / "commit_success.txt"
   deadline = time.time() + 900
-  while not os.path.isdir(done):
+  while not done.exists():
     for p in procs:
       if p.poll() is not None:  # died: stop the others (no orphan outlives the test), report
         for other in procs:
@@ -106,19 +110,18 @@ def wait_for_checkpoint(workdir, step, procs):
 
 def trace(workdir):
   per_step = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      rec = json.loads(line)
-      # Train and eval records of a step merge; a resumed run rewrites the steps after its
-      # checkpoint.
-      per_step.setdefault(rec["step"], {}).update(rec)
+  for line in (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    rec = json.loads(line)
+    # Train and eval records of a step merge; a resumed run rewrites the steps after its
+    # checkpoint.
+    per_step.setdefault(rec["step"], {}).update(rec)
   return per_step
 
 
 def assert_same_run(a_dir, b_dir, rtol=0.0):
   """Same final parameters (bitwise via final.json when ``rtol == 0``) and loss traces."""
   if rtol == 0.0:
-    final = lambda d: json.loads((pathlib.Path(d) / "final.json").read_text())
+    final = lambda d: json.loads((epath.Path(d) / "final.json").read_text())
     assert final(a_dir) == final(b_dir)
   a, b = trace(a_dir), trace(b_dir)
   assert sorted(a) == sorted(b) == list(range(1, 9))
@@ -137,8 +140,8 @@ def tensorboard_tags(workdir) -> set:
   from tensorboardX.proto import event_pb2
 
   tags = set()
-  for name in glob.glob(os.path.join(workdir, "tensorboard", "events.*")):
-    data = pathlib.Path(name).read_bytes()
+  for name in (epath.Path(workdir) / "tensorboard").glob("events.*"):
+    data = name.read_bytes()
     pos = 0
     while pos < len(data):
       (length,) = struct.unpack("<Q", data[pos : pos + 8])
