@@ -97,6 +97,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.size = 0  # toy: side of the square toy clips
 
   c.eval = ml_collections.ConfigDict()
+  c.eval.report = True  # toy data: the final teacher-vs-student report on the held-out clips
   c.eval.teacher_steps = 50  # Euler steps (with CFG) of the teacher baseline in the toy report
   c.eval.every = 250  # sample videos + metrics every N steps and at each phase end (0: ends only)
   c.eval.fps = 16

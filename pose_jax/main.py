@@ -11,6 +11,7 @@ INFO logs (orbax, absl).
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -130,12 +131,15 @@ def main(argv) -> None:
   except config_lib.ConfigError as e:
     _config_error(str(e))
   from pose_jax import data, paths  # here (with training): keeps --help fast
-  from pose_jax.training import resume, train
+  from pose_jax.training import loop, resume, train
 
   try:
     train.run(config, _WORKDIR.value)
   except train.Preempted as e:
     print(e, flush=True)
+    if loop.compile_in_flight():  # the run's saves are complete (train.run waited for them), but
+      sys.stderr.flush()  # interpreter shutdown under a thread still in XLA's compiler aborts
+      os._exit(0)  # (std::terminate, exit -6): leave without it
     raise SystemExit(0) from None
   except (config_lib.ConfigError, data.DataMismatch, paths.LocalOnly) as e:  # workdir, data
     _config_error(str(e))

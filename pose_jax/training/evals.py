@@ -254,8 +254,9 @@ def toy_report(
 
 
 def print_toy_report(config, models, state, teacher, batch: dict | None) -> None:
-  """Toy data with an eval batch: prints the ``toy_report`` of the final ``state``."""
-  if batch is None or config.data.kind != "toy":
+  """Toy data with an eval batch and ``config.eval.report``: prints the ``toy_report`` of the
+  final ``state``."""
+  if batch is None or config.data.kind != "toy" or not config.eval.report:
     return
   report = toy_report(
     models,

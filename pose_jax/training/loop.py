@@ -92,8 +92,16 @@ class PreemptionWatch:
       raise Preempted(self._idle_step, name)
     print(f"{name} received: finishing the current step, then checkpointing", flush=True)
 
+  def check(self) -> None:
+    """Raise :class:`Preempted` if a signal came while idle. The handler raises it itself, but
+    Python drops an exception raised where it cannot propagate (a finalizer or a callback run
+    while tracing: "Exception ignored in ..."); the flag it set stays, and this acts on it."""
+    if self.signalled and self._idle_step is not None:
+      raise Preempted(self._idle_step, self.signalled)
+
   def busy(self) -> None:
     """Steps are about to run: a signal is acted on after the step in flight."""
+    self.check()
     self._idle_step = None
 
   def idle_at(self, step: int) -> None:
@@ -239,11 +247,20 @@ class SyncedJit:
     return self.jitted.lower(*args)
 
 
-def compile_step(phase: str, jitted, *args):
+_COMPILE_THREAD = "pose_jax compile"
+
+
+def compile_in_flight() -> bool:
+  """Whether a :func:`compile_step` helper thread is still inside XLA (a signal cut the wait)."""
+  return any(t.name.startswith(_COMPILE_THREAD) and t.is_alive() for t in threading.enumerate())
+
+
+def compile_step(phase: str, jitted, *args, watch: PreemptionWatch | None = None):
   """``jitted`` lowered and compiled for ``args``; logs XLA's memory and FLOPs and the time.
 
   XLA compiles in a helper thread while this one waits in short, signal-interruptible joins, so
-  a SIGTERM/SIGINT during a long compile is acted on at once (``PreemptionWatch``)."""
+  a SIGTERM/SIGINT during a long compile is acted on at once (``PreemptionWatch``; ``watch``
+  is checked between joins, for a signal whose exception Python dropped while tracing)."""
   t0 = time.perf_counter()
   print(f"[{phase}] compiling the step ...", flush=True)
   lowered = jitted.lower(*args)  # traced here: the mesh context is this thread's
@@ -255,10 +272,14 @@ def compile_step(phase: str, jitted, *args):
     except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
       out["error"] = e
 
-  worker = threading.Thread(target=work, name=f"compile {phase}", daemon=True)
+  worker = threading.Thread(target=work, name=f"{_COMPILE_THREAD} {phase}", daemon=True)
   worker.start()
-  while worker.is_alive():
+  while worker.is_alive() or watch is not None:
     worker.join(0.1)
+    if watch is not None:
+      watch.check()
+      if not worker.is_alive():
+        break
   if "error" in out:
     raise out["error"]
   compiled = out["compiled"]

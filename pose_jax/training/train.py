@@ -147,7 +147,9 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
       )
       with shd.use_mesh(mesh):
         batch = ctx.next_batch()
-        compiled = loop.compile_step(phase, steps.jit_step(step_fn, target), state, teacher, batch)
+        compiled = loop.compile_step(
+          phase, steps.jit_step(step_fn, target), state, teacher, batch, watch=watch
+        )
         state = loop.run_phase(
           ctx,
           phase,

@@ -92,3 +92,31 @@ def test_an_implicit_transfer_in_the_loop_is_an_error(tmp_path):
 
   with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
     _run(tmp_path, host_round_trip)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped raise
+def test_a_signal_whose_exception_python_dropped_is_still_acted_on():
+  """A SIGTERM landing in a finalizer while idle (as while tracing a step): Python prints
+  "Exception ignored" and drops ``Preempted``; the compile wait and ``busy`` still raise it, so no
+  step runs after the signal."""
+  import os
+  import signal
+
+  watch = loop.PreemptionWatch()
+  try:
+    watch.idle_at(4)
+
+    class _Finalized:
+      def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here; its raise is dropped
+
+    _Finalized()
+    assert watch.signalled == "SIGTERM"
+    compiled = loop.compile_step("p", jax.jit(lambda x: x + 1), jnp.zeros(3), watch=watch)
+    raise AssertionError(f"compiled {compiled} after a SIGTERM")
+  except loop.Preempted as e:
+    assert (e.step, e.signal_name) == (4, "SIGTERM")
+  finally:
+    watch.close()
+  with pytest.raises(loop.Preempted):
+    watch.busy()
