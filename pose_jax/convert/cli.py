@@ -37,6 +37,8 @@ _USED_BY = {  # flag -> the commands that read it
   "step": ("export",),
   "which": ("export",),
   "max_shard_size": ("export",),
+  "rank": ("export",),
+  "base": ("export",),
 }
 COMMAND_FLAGS: dict[str, frozenset[str]] = {
   cmd: frozenset(name for name, used in _USED_BY.items() if cmd in used) for cmd in _BOTH
@@ -78,8 +80,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum(
     "format",
     "diffusers",
-    ["diffusers", "wan"],
-    **helps("format", "Checkpoint layout: diffusers, or wan (the original Wan2.1 release)."),
+    ["diffusers", "wan", "lora"],
+    **helps(
+      "format",
+      "Checkpoint layout: diffusers, or wan (the original Wan2.1 release); export also lora "
+      "(the student minus --base as a Wan LoRA, rank --rank: pose_jax/convert/lora.py).",
+    ),
   )
   flags.DEFINE_string(
     "src",
@@ -125,6 +131,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     **helps("max_shard_size", "Largest safetensors file: 5GB, 500MiB, 1234 (bytes), ..."),
   )
   flags.DEFINE_alias("max-shard-size", "max_shard_size", flag_values=flag_values)
+  flags.DEFINE_integer("rank", 64, **helps("rank", "--format=lora: the LoRA rank (>= 1)."))
+  flags.DEFINE_string(
+    "base",
+    None,
+    **helps("base", "--format=lora: the teacher model checkpoint (default: the run's init_from)."),
+  )
 
 
 def _usage(message: str) -> app.UsageError:
@@ -147,6 +159,11 @@ def command(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   missing = [f"--{n}" for n in REQUIRED if flag_values[n].value is None]
   if missing:
     raise _usage(f"{cmd} needs {' and '.join(missing)}")
+  if cmd == "import" and flag_values["format"].value == "lora":
+    raise _usage("--format=lora: only for export (a LoRA is imported by the serving side)")
+  lora_only = [f"--{n}" for n in ("rank", "base") if flag_values[n].present]
+  if cmd == "export" and lora_only and flag_values["format"].value != "lora":
+    raise _usage(f"{', '.join(lora_only)}: only with --format=lora")
   if cmd == "export" and not re.fullmatch(r"latest|\d+", flag_values["step"].value):
     raise _usage(f"--step={flag_values['step'].value}: expected N or latest")
   return cmd
@@ -175,6 +192,24 @@ def run(cmd: str, flag_values: flags.FlagValues = flags.FLAGS) -> str:
       f["src"], f["dst"], f["format"], f["dtype"], config, f["overwrite"], f["progress"]
     )
     nbytes, what = plan.total_bytes, f"{plan.cfg.num_layers} layers, {plan.cfg.param_dtype}"
+  elif f["format"] == "lora":
+    from pose_jax.convert.lora import REPORT, WEIGHTS, export_lora
+
+    report = export_lora(
+      f["src"],
+      f["dst"],
+      f["rank"],
+      base=f["base"],
+      step=None if f["step"] == "latest" else int(f["step"]),
+      which=f["which"],
+      dtype=f["dtype"],
+      overwrite=f["overwrite"],
+      progress=f["progress"],
+    )
+    files = [WEIGHTS, REPORT]
+    nbytes = sum(epath.Path(f["dst"], name).stat().length for name in files)
+    err = report["relative_error_by_rank"][str(f["rank"])]
+    what = f"{report['matrices']} matrices, rank {f['rank']}, relative error {err:.3g}"
   else:
     from pose_jax.convert.export import export_checkpoint
 

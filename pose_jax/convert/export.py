@@ -216,7 +216,7 @@ def plan_entries(
   return entries
 
 
-def _arrays(reader: orbax_io.ParamReader, entries, cfg) -> Iterator[np.ndarray]:
+def torch_arrays(reader: orbax_io.ParamReader, entries, cfg) -> Iterator[np.ndarray]:
   """The entries' data in order, converted to torch layout and the entry dtype."""
   path, it = None, None
   for e in entries:
@@ -309,7 +309,7 @@ def export_checkpoint(
   total = sum(e.nbytes for e in entries)
   try:
     (tmp / "config.json").write_text(json.dumps(config_json, indent=2))
-    arrays = _arrays(reader, entries, config)
+    arrays = torch_arrays(reader, entries, config)
     with tqdm(
       total=total, unit="B", unit_scale=True, desc=f"export {fmt}", disable=not progress
     ) as b:

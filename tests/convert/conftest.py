@@ -42,14 +42,14 @@ def failing_read(monkeypatch):
 
 @pytest.fixture
 def failing_export(monkeypatch):
-  """Call it to make ``export._arrays`` fail after 30 arrays (an export dying midway)."""
+  """Call it to make ``export.torch_arrays`` fail after 30 arrays (an export dying midway)."""
   from pose_jax.convert import export
   from pose_jax.convert.errors import CheckpointError
 
-  arrays = export._arrays
+  arrays = export.torch_arrays
 
   def failing(*a):
     yield from list(arrays(*a))[:30]
     raise CheckpointError("read failed")
 
-  return lambda: monkeypatch.setattr(export, "_arrays", failing)
+  return lambda: monkeypatch.setattr(export, "torch_arrays", failing)
