@@ -92,6 +92,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.path = ""  # records: the ArrayRecord shards of python -m pose_jax.data.prepare
   c.data.eval_path = ""  # records: held-out shards for the eval samples ("": none)
   c.data.frames = 81  # video frames, 1 + 4k (the VAE's temporal stride)
+  c.data.cache_dir = ""  # gs:// shards are fetched here (local disk; "": $TMPDIR/pose_jax_data)
   c.data.height = 0  # records: the frame size the shards were prepared at (--height, --width)
   c.data.width = 0
   c.data.size = 0  # toy: side of the square toy clips

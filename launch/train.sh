@@ -109,8 +109,8 @@ check_trainer_flags "on TPU VMs" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
 for o in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do
   case $o in
     --config.data.path=gs://* | --config.data.eval_path=gs://*)
-      info "warning: ${o%%=*} is gs://, but the data loader reads local files (os.path/glob):" \
-        "copy the shards to the same local path on every worker"
+      info "note: ${o%%=*} is gs://: every worker fetches the whole dataset into" \
+        "config.data.cache_dir (local disk) first; larger than a disk: gcsfuse, pass the mount"
       ;;
   esac
 done

@@ -110,13 +110,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
 
 
 def check_paths(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for a local path the run reads that does not exist, and for ``gs://``
-  shards (array_record reads local files only), before any work; other ``gs://`` paths are
-  checked when read."""
-  if config.data.kind == "records":
-    for key in ("path", "eval_path"):
-      if paths.is_remote(config.data[key]):
-        _fail(f"data.{key}", f"{config.data[key]}: {paths.ARRAY_RECORD}; {paths.ARRAY_RECORD_FIX}")
+  """Raises ConfigError for a local path the run reads that does not exist, before any work;
+  ``gs://`` paths are checked when read (shards: ``pose_jax.data.bucket`` fetches them)."""
+  if config.data.kind == "records" and paths.is_remote(config.data.get("cache_dir", "")):
+    _fail("data.cache_dir", f"{config.data.cache_dir}: the shard cache must be on local disk")
   init_from = config.ckpt.init_from
   if init_from and "://" not in init_from and not os.path.isdir(init_from):
     _fail("ckpt.init_from", f"{init_from}: no such checkpoint directory")

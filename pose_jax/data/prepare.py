@@ -15,10 +15,12 @@ centre-cropped, then:
 
 and written as one example (:mod:`pose_jax.data.example`) to ArrayRecord shards in ``--out``,
 with ``meta.json`` and ``neg_text.npy`` (the ``--negative_prompt``, empty by default as in
-diffusers). Videos that cannot be read, are too short, have no caption or fail to encode are
-skipped, counted and listed: printed at the end and in ``<out>/summary.json``; the job goes on,
-but exits nonzero if it wrote no example at all. The flags, the captions file and the globs are
-checked before the (slow) pipeline is loaded: a bad one ends the job with one ``error:`` line.
+diffusers). ``--out=gs://...`` stages the shards in the local data cache
+(:func:`pose_jax.data.bucket.cache_dir_for`) and uploads them, ``meta.json`` last. Videos that
+cannot be read, are too short, have no caption or fail to encode are skipped, counted and
+listed: printed at the end and in ``<out>/summary.json``; the job goes on, but exits nonzero
+if it wrote no example at all. The flags, the captions file and the globs are checked before
+the (slow) pipeline is loaded: a bad one ends the job with one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from pose_jax.data import bucket
 from pose_jax.data.records import ShardWriter
-from pose_jax.paths import GCSFUSE, local_only
+from pose_jax.paths import GCSFUSE, is_remote, local_only
 
 SKIP_REASONS = ("unreadable", "too_short", "no_caption", "encode_failed")
 MOD_VALUE = 16  # frame sides: multiples of the VAE stride x the DiT patch (checked again on load)
@@ -301,9 +304,9 @@ def main(argv: Sequence[str]) -> None:
 
   f = flags.FLAGS
   try:
-    local = [("out", f.out), ("captions", f.captions), *(("videos", v) for v in f.videos)]
-    for name, value in local:  # reading from / writing to buckets: not yet
-      local_only(value, f"--{name}", "prepare reads and writes local files only", GCSFUSE)
+    local = [("captions", f.captions), *(("videos", v) for v in f.videos)]
+    for name, value in local:  # PyAV decodes local files
+      local_only(value, f"--{name}", "prepare reads local files only", GCSFUSE)
     videos, captions = check_inputs(f.videos, f.captions, f.frames, f.height, f.width)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
@@ -312,10 +315,11 @@ def main(argv: Sequence[str]) -> None:
     if not glob.glob(pattern):
       print(f"warning: --videos pattern {pattern} matches no file")
   stack = ConditioningStack.from_pretrained(f.pipeline, dtype=f.dtype)
+  out = bucket.cache_dir_for(f.out) if is_remote(f.out) else f.out  # gs://: staged locally
   summary = prepare(
     videos,
     captions,
-    f.out,
+    out,
     stack,
     frames=f.frames,
     height=f.height,
@@ -327,8 +331,11 @@ def main(argv: Sequence[str]) -> None:
   )
   print(format_summary(summary))
   if not summary["written"]:
-    summary_path = os.path.join(f.out, "summary.json")
+    summary_path = os.path.join(out, "summary.json")
     raise SystemExit(f"error: 0 examples written, every video was skipped (see {summary_path})")
+  if out != f.out:
+    names = bucket.upload(out, f.out)  # meta.json last: the bucket's copy is whole once it is there
+    print(f"uploaded {len(names)} files to {f.out} (staged in {out}, the cache a run reads)")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from pose_jax.data import bucket
 from pose_jax.data.example import (
   MASK_CHANNELS,
   STRING_FIELDS,
@@ -105,6 +106,7 @@ class ShardWriter:
     meta = {
       "num_examples": self.count,
       "shards": self.shards,
+      "sha256": {s: bucket.sha256(os.path.join(self.out_dir, s)) for s in self.shards},
       "shapes": self.shapes,
       "neg_text": NEG_TEXT if neg_text is not None else None,
       "stored_float_dtype": self.float_dtype,

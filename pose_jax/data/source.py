@@ -13,7 +13,8 @@
   records  ArrayRecord shards at ``config.data.path``; held-out shards at ``data.eval_path``;
            ValueError when their ``meta.json`` records other frames / height / width than
            ``config.data`` asks (``height`` / ``width`` 0: not checked);
-           :class:`pose_jax.paths.LocalOnly` for ``gs://`` shards (array_record would hang)
+           ``gs://`` shards are read from a checked local copy in ``config.data.cache_dir``
+           (:mod:`pose_jax.data.bucket`: array_record reads local files only)
 
 The iterator yields this process's share of ``config.train.batch_size`` (numpy dicts) and is
 checkpointable (grain). The eval batch is up to 8 held-out examples (toy data: every held-out
@@ -32,7 +33,7 @@ import jax
 import ml_collections
 
 from pose_jax import paths
-from pose_jax.data import records
+from pose_jax.data import bucket, records
 from pose_jax.data.toy_codec import ToyCodec
 
 EVAL_EXAMPLES = 8
@@ -65,10 +66,10 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> tuple:
     )
     train_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
   else:
-    train_dir, eval_dir = config.data.path, config.data.eval_path
-    for key in ("path", "eval_path"):
-      why, fix = paths.ARRAY_RECORD, paths.ARRAY_RECORD_FIX
-      paths.local_only(config.data[key], f"config.data.{key}", why, fix)
+    train_dir, eval_dir = (  # gs://: a checked local copy (pose_jax.data.bucket)
+      bucket.local_or_fetched(p, config.data.get("cache_dir", "")) if p else p
+      for p in (config.data.path, config.data.eval_path)
+    )
     for path in (train_dir, eval_dir):
       check_records(config.data, path)
   iterator = records.make_iterator(train_dir, per_process, seed=config.seed)

@@ -38,6 +38,7 @@ SAFE = (
   "ckpt.async_save",
   "eval.",
   "data.eval_path",
+  "data.cache_dir",
   "mesh.",
 )
 OPTIM_SAFE = ("lr", "lr_by_phase", "warmup_steps", "decay", "final_frac", "b1", "b2", "eps")

@@ -152,7 +152,7 @@ def test_train_dry_run(env):
 def test_train_warns_about_gs_data(env):
   args = [*TPU, "--workdir=gs://my-bucket/r", "--config.data.path=gs://my-bucket/data/train"]
   r = sh(env, "train.sh", "--dry-run", *args)
-  assert r.returncode == 0 and "warning: --config.data.path is gs://" in r.stderr
+  assert r.returncode == 0 and "note: --config.data.path is gs://" in r.stderr
   assert "--config.data.path=gs://my-bucket/data/train" in r.stdout
 
 
