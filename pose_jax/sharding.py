@@ -227,3 +227,17 @@ def path_str(path) -> str:
     if name != "value":
       parts.append(str(name))
   return "/".join(parts)
+
+
+def parse_mesh_shape(text: str) -> tuple[int, ...]:
+  """``"(1,-1,1,1)"`` -> ``(1, -1, 1, 1)``: a CLI's mesh flag; ValueError ``"TEXT: why"``."""
+  import ast
+
+  try:
+    shape = ast.literal_eval(text.strip())
+    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+  except (ValueError, SyntaxError, TypeError):
+    raise ValueError(f"{text}: expected 4 integers like (1,-1,1,1)") from None
+  if len(shape) != 4:
+    raise ValueError(f"{text}: needs 4 entries (data, fsdp, context, tensor)")
+  return shape

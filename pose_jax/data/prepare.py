@@ -2,6 +2,10 @@
 
   python -m pose_jax.data.prepare --videos='clips/*.mp4,more/*.webm' --captions=captions.jsonl \
       --pipeline=Wan2.1-I2V-14B-480P-Diffusers --out=data/train [--frames=81 --height=480 ...]
+  python -m pose_jax.data.prepare --pairs=pairs.jsonl --pipeline=DIR [--teacher=CKPT] \
+      --out=data/teacher [--steps=50 --guidance_scale=5 --scheduler=unipc --mesh=(1,-1,1,1)]
+
+``--pairs``: teacher-made clips instead (:mod:`pose_jax.data.teacher_clips`, resumable).
 
 Captions: JSON lines ``{"video": "name.mp4", "caption": "..."}``, matched on the video file's
 base name. Each clip (PyAV: frames resampled to ``--fps``, default 16, the rate of Wan2.1's
@@ -279,6 +283,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   other CLIs' flags too)."""
   d = dict(flag_values=flag_values)
   flags.DEFINE_list("videos", None, "Comma-separated glob(s) of video files (mp4, webm).", **d)
+  flags.DEFINE_string(
+    "pairs",
+    None,
+    'Teacher clips instead of videos: JSON lines {"image": path, "prompt": text}.',
+    **d,
+  )
+  flags.DEFINE_string(
+    "teacher", None, "--pairs: the teacher checkpoint (default: --pipeline's).", **d
+  )
+  flags.DEFINE_integer("steps", 50, "--pairs: teacher sampler steps.", **d)
+  flags.DEFINE_float("guidance_scale", 5.0, "--pairs: classifier-free guidance scale.", **d)
+  flags.DEFINE_float("shift", 3.0, "--pairs: the sampler's time shift.", **d)
+  flags.DEFINE_enum("scheduler", "unipc", ["unipc", "euler"], "--pairs: teacher sampler.", **d)
+  flags.DEFINE_integer("seed", 0, "--pairs: noise seed (clip i: row i of this seed).", **d)
+  flags.DEFINE_integer("batch_size", 1, "--pairs: clips sampled at once.", **d)
+  flags.DEFINE_string("mesh", None, "--pairs: mesh shape for the DiT, e.g. (1,-1,1,1).", **d)
   flags.DEFINE_string("captions", None, 'JSON lines {"video": name, "caption": text}.', **d)
   flags.DEFINE_string("out", None, "Output directory for shards, meta and summary.", **d)
   flags.DEFINE_string("pipeline", None, "Diffusers WanImageToVideoPipeline folder.", **d)
@@ -294,7 +314,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum(
     "float_dtype", "float32", ["float32", "float16"], "Stored dtype of the float fields.", **d
   )
-  flags.mark_flags_as_required(["videos", "captions", "out", "pipeline"], flag_values)
+  flags.mark_flags_as_required(["out", "pipeline"], flag_values)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -303,6 +323,12 @@ def main(argv: Sequence[str]) -> None:
   from pose_jax.conditioning import ConditioningStack
 
   f = flags.FLAGS
+  if f.pairs:
+    from pose_jax.data.teacher_clips import cli_main
+
+    return cli_main(f)
+  if not f.videos or not f.captions:
+    raise app.UsageError("give --videos and --captions (real clips), or --pairs (teacher clips)")
   try:
     local = [("captions", f.captions), *(("videos", v) for v in f.videos)]
     for name, value in local:  # PyAV decodes local files

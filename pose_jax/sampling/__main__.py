@@ -57,7 +57,6 @@ Errors print one line ``error: ...`` (no traceback). Bad flags, images and sizes
 
 from __future__ import annotations
 
-import ast
 import os
 import sys
 import time
@@ -130,13 +129,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def parse_mesh(text: str) -> tuple[int, ...]:
   try:
-    shape = ast.literal_eval(text.strip())
-    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
-  except (ValueError, SyntaxError, TypeError) as e:
-    raise FlagError(f"--mesh={text}: expected 4 integers like (1,-1,1,1)") from e
-  if len(shape) != 4:
-    raise FlagError(f"--mesh={text}: needs 4 entries (data, fsdp, context, tensor)")
-  return shape
+    return shd.parse_mesh_shape(text)
+  except ValueError as e:
+    raise FlagError(f"--mesh={e}") from None
 
 
 def read_prompts_file(path: str) -> list[tuple[str, str]]:

@@ -116,7 +116,8 @@ def test_prepare_writes_its_shards_to_the_bucket(emulator, tmp_path):
   from tests.helpers.tiny import tiny_pipeline
 
   write_video(str(tmp_path / "a.mp4"), make_frames(10))
-  (tmp_path / "captions.jsonl").write_text(json.dumps({"video": "a.mp4", "caption": "a cat"}) + "\n")
+  caption = {"video": "a.mp4", "caption": "a cat"}
+  (tmp_path / "captions.jsonl").write_text(json.dumps(caption) + "\n")
   tiny_pipeline().save_pretrained(tmp_path / "pipe")
   remote = f"gs://{gcs.BUCKET}/prepared"
   cmd = [sys.executable, "-m", "pose_jax.data.prepare", f"--videos={tmp_path}/*.mp4"]

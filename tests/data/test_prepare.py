@@ -151,7 +151,7 @@ def test_check_inputs(clips, tmp_path):
 @pytest.mark.parametrize(
   ("module", "doc", "required"),
   [
-    ("pose_jax.data.prepare", "Encode real clips", ["videos", "captions", "out", "pipeline"]),
+    ("pose_jax.data.prepare", "Encode real clips", ["out", "pipeline", "videos", "captions"]),
     ("pose_jax.data.toy", "Toy I2V data", ["out"]),
   ],
 )
