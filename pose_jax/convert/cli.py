@@ -13,6 +13,7 @@ the CLI in process without touching process-wide flags (``--config``, ``--which`
 
 from __future__ import annotations
 
+import pathlib
 import re
 import sys
 import time
@@ -39,6 +40,7 @@ _USED_BY = {  # flag -> the commands that read it
   "max_shard_size": ("export",),
   "rank": ("export",),
   "base": ("export",),
+  "pipeline": ("export",),
 }
 COMMAND_FLAGS: dict[str, frozenset[str]] = {
   cmd: frozenset(name for name, used in _USED_BY.items() if cmd in used) for cmd in _BOTH
@@ -131,6 +133,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     **helps("max_shard_size", "Largest safetensors file: 5GB, 500MiB, 1234 (bytes), ..."),
   )
   flags.DEFINE_alias("max-shard-size", "max_shard_size", flag_values=flag_values)
+  flags.DEFINE_string(
+    "pipeline",
+    None,
+    **helps(
+      "pipeline",
+      "--format=diffusers: the teacher's diffusers pipeline folder; --dst becomes a whole "
+      "one-step pipeline folder with the student as its transformer.",
+    ),
+  )
   flags.DEFINE_integer("rank", 64, **helps("rank", "--format=lora: the LoRA rank (>= 1)."))
   flags.DEFINE_string(
     "base",
@@ -164,6 +175,8 @@ def command(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   lora_only = [f"--{n}" for n in ("rank", "base") if flag_values[n].present]
   if cmd == "export" and lora_only and flag_values["format"].value != "lora":
     raise _usage(f"{', '.join(lora_only)}: only with --format=lora")
+  if flag_values["pipeline"].present and flag_values["format"].value != "diffusers":
+    raise _usage("--pipeline: only with --format=diffusers (a diffusers pipeline folder)")
   if cmd == "export" and not re.fullmatch(r"latest|\d+", flag_values["step"].value):
     raise _usage(f"--step={flag_values['step'].value}: expected N or latest")
   return cmd
@@ -210,6 +223,23 @@ def run(cmd: str, flag_values: flags.FlagValues = flags.FLAGS) -> str:
     nbytes = sum(epath.Path(f["dst"], name).stat().length for name in files)
     err = report["relative_error_by_rank"][str(f["rank"])]
     what = f"{report['matrices']} matrices, rank {f['rank']}, relative error {err:.3g}"
+  elif f["pipeline"]:
+    from pose_jax.convert.pipeline_export import export_pipeline
+
+    files = export_pipeline(
+      f["src"],
+      f["dst"],
+      f["pipeline"],
+      overwrite=f["overwrite"],
+      step=None if f["step"] == "latest" else int(f["step"]),
+      which=f["which"],
+      dtype=f["dtype"],
+      config=config,
+      max_shard_bytes=f["max_shard_size"],
+      progress=f["progress"],
+    )
+    nbytes = sum(p.stat().st_size for p in pathlib.Path(f["dst"]).rglob("*") if p.is_file())
+    what = f"a one-step pipeline: {', '.join(files)}"
   else:
     from pose_jax.convert.export import export_checkpoint
 
