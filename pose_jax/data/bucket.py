@@ -130,3 +130,16 @@ def upload(local_dir: str, remote: str) -> list[str]:
       while block := src.read(_CHUNK):
         dst.write(block)
   return order
+
+
+def staging_dir(out: str) -> str:
+  """Where a writer puts a dataset bound for ``out``: ``out`` itself if local, else its local
+  cache directory (:func:`cache_dir_for`; a run on this host then fetches nothing)."""
+  return cache_dir_for(out) if paths.is_remote(out) else out
+
+
+def publish(staged: str, out: str, log=print) -> None:
+  """Uploads ``staged`` to ``out`` when they differ (a ``gs://`` ``out``; ``meta.json`` last)."""
+  if staged != out:
+    names = upload(staged, out)
+    log(f"uploaded {len(names)} files to {out} (staged in {staged}, the cache a run reads)")

@@ -43,7 +43,7 @@ from flax import nnx
 
 from pose_jax.data import bucket
 from pose_jax.data.records import ShardWriter
-from pose_jax.paths import GCSFUSE, is_remote, local_only
+from pose_jax.paths import GCSFUSE, local_only
 
 SKIP_REASONS = ("unreadable", "too_short", "no_caption", "encode_failed")
 MOD_VALUE = 16  # frame sides: multiples of the VAE stride x the DiT patch (checked again on load)
@@ -341,7 +341,7 @@ def main(argv: Sequence[str]) -> None:
     if not glob.glob(pattern):
       print(f"warning: --videos pattern {pattern} matches no file")
   stack = ConditioningStack.from_pretrained(f.pipeline, dtype=f.dtype)
-  out = bucket.cache_dir_for(f.out) if is_remote(f.out) else f.out  # gs://: staged locally
+  out = bucket.staging_dir(f.out)
   summary = prepare(
     videos,
     captions,
@@ -359,9 +359,7 @@ def main(argv: Sequence[str]) -> None:
   if not summary["written"]:
     summary_path = os.path.join(out, "summary.json")
     raise SystemExit(f"error: 0 examples written, every video was skipped (see {summary_path})")
-  if out != f.out:
-    names = bucket.upload(out, f.out)  # meta.json last: the bucket's copy is whole once it is there
-    print(f"uploaded {len(names)} files to {f.out} (staged in {out}, the cache a run reads)")
+  bucket.publish(out, f.out)
 
 
 if __name__ == "__main__":

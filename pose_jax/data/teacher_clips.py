@@ -30,7 +30,7 @@ from PIL import Image
 
 from pose_jax.data import bucket
 from pose_jax.data.records import META, NEG_TEXT, SUFFIX, ShardWriter
-from pose_jax.paths import GCSFUSE, is_remote, local_only
+from pose_jax.paths import GCSFUSE, local_only
 
 PROGRESS = "progress"
 
@@ -210,7 +210,7 @@ def cli_main(f) -> None:
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
   pipe = I2VPipeline.from_pretrained(f.pipeline, f.teacher, mesh=mesh, dtype=f.dtype)
-  out = bucket.cache_dir_for(f.out) if is_remote(f.out) else f.out
+  out = bucket.staging_dir(f.out)
   meta = make_teacher_clips(
     pipe,
     pairs,
@@ -229,6 +229,4 @@ def cli_main(f) -> None:
     float_dtype=f.float_dtype,
   )
   print(f"written {meta['num_examples']} teacher clip(s) in {len(meta['shards'])} shard(s)")
-  if out != f.out:
-    names = bucket.upload(out, f.out)
-    print(f"uploaded {len(names)} files to {f.out}")
+  bucket.publish(out, f.out)
