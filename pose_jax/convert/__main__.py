@@ -5,6 +5,8 @@
       --dst=DIR --format=diffusers|wan [--dtype=bf16|fp32] [--max_shard_size=5GB]
   python -m pose_jax.convert export --format=lora --src=WORKDIR_OR_CKPT --rank=64 [--base=TEACHER]
       --dst=DIR [--dtype=bf16|fp32]     (student - teacher as a Wan LoRA: convert/lora.py)
+  python -m pose_jax.convert export --src=WORKDIR_OR_CKPT --pipeline=TEACHER_PIPELINE_DIR --dst=DIR
+      (a whole one-step diffusers pipeline folder: convert/pipeline_export.py)
 
 ``--src`` of export: a model checkpoint written by import, a train workdir (``--step`` picks
 the step, ``--which`` the student or EMA weights) or one step directory.
