@@ -198,6 +198,8 @@ def run(cmd: str, flag_values: flags.FlagValues = flags.FLAGS) -> str:
   f = {name: flag_values[name].value for name in _USED_BY}
   config = load_config(f["config"])
   start = time.time()
+  step = None if f["step"] == "latest" else int(f["step"])  # export's: which weights, written how
+  picked = dict(step=step, which=f["which"], dtype=f["dtype"], progress=f["progress"])
   if cmd == "import":
     from pose_jax.convert.importer import import_checkpoint
 
@@ -209,15 +211,7 @@ def run(cmd: str, flag_values: flags.FlagValues = flags.FLAGS) -> str:
     from pose_jax.convert.lora import REPORT, WEIGHTS, export_lora
 
     report = export_lora(
-      f["src"],
-      f["dst"],
-      f["rank"],
-      base=f["base"],
-      step=None if f["step"] == "latest" else int(f["step"]),
-      which=f["which"],
-      dtype=f["dtype"],
-      overwrite=f["overwrite"],
-      progress=f["progress"],
+      f["src"], f["dst"], f["rank"], base=f["base"], overwrite=f["overwrite"], **picked
     )
     files = [WEIGHTS, REPORT]
     nbytes = sum(epath.Path(f["dst"], name).stat().length for name in files)
@@ -231,12 +225,9 @@ def run(cmd: str, flag_values: flags.FlagValues = flags.FLAGS) -> str:
       f["dst"],
       f["pipeline"],
       overwrite=f["overwrite"],
-      step=None if f["step"] == "latest" else int(f["step"]),
-      which=f["which"],
-      dtype=f["dtype"],
       config=config,
       max_shard_bytes=f["max_shard_size"],
-      progress=f["progress"],
+      **picked,
     )
     nbytes = sum(p.stat().st_size for p in pathlib.Path(f["dst"]).rglob("*") if p.is_file())
     what = f"a one-step pipeline: {', '.join(files)}"
@@ -247,13 +238,10 @@ def run(cmd: str, flag_values: flags.FlagValues = flags.FLAGS) -> str:
       f["src"],
       f["dst"],
       f["format"],
-      step=None if f["step"] == "latest" else int(f["step"]),
-      which=f["which"],
-      dtype=f["dtype"],
       config=config,
       max_shard_bytes=f["max_shard_size"],
       overwrite=f["overwrite"],
-      progress=f["progress"],
+      **picked,
     )
     nbytes = sum(epath.Path(f["dst"], name).stat().length for name in files)
     what = f"{len(files)} files"

@@ -44,7 +44,7 @@ LORA_MODULES = re.compile(
   r"blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.([qkvo]|k_img|v_img)|ffn\.[02])"
   r"|time_projection\.1|head\.head|(text|time)_embedding\.[02]|img_emb\.proj\.[13]"
 )
-_DTYPES = {None: "float32", "fp32": "float32", "bf16": "bfloat16"}
+_DTYPES = {None: "F32", "fp32": "F32", "bf16": "BF16"}  # --dtype -> safetensors dtype
 
 
 def is_lora_export(path) -> bool:
@@ -121,7 +121,7 @@ def export_lora(
     raise CheckpointError(f"{src} and the base {base} are different architectures")
   readers = [orbax_io.ParamReader(i, p) for i, p in ((item, prefix), (base_item, base_prefix))]
   plans = [export.plan_entries(cfg, r.specs, "wan", "fp32") for r in readers]
-  out_dtype = importer.ST_DTYPES["BF16" if dtype == "bf16" else "F32"]
+  out_dtype = importer.ST_DTYPES[_DTYPES[dtype]]
   tensors, not_carried, kept = {}, {}, {}
   energy = {"delta": 0.0, "kept": {r: 0.0 for r in _ranks(rank)}}
   worst = (0.0, "")

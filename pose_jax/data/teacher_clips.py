@@ -160,7 +160,8 @@ def make_teacher_clips(
       os.remove(os.path.join(part, name))
     os.rmdir(part)
     with open(done, "w") as f:
-      json.dump({"examples": len(chunk), "shapes": shard_meta["shapes"]}, f)
+      (sha,) = shard_meta["sha256"].values()  # the shard's bytes, hashed as it was closed
+      json.dump({"examples": len(chunk), "shapes": shard_meta["shapes"], "sha256": sha}, f)
     made += 1
     log(f"[shard {k + 1}/{len(chunks)}] {len(chunk)} teacher clip(s) written")
   log(f"{made} shard(s) sampled, {len(chunks) - made} done before")
@@ -181,7 +182,7 @@ def _finish(pipe, out_dir: str, num_shards: int, negative_prompt: str, settings:
   meta = {
     "num_examples": sum(m["examples"] for m in marks),
     "shards": names,
-    "sha256": {n: bucket.sha256(os.path.join(out_dir, n)) for n in names},
+    "sha256": {n: m["sha256"] for n, m in zip(names, marks)},
     "shapes": marks[0]["shapes"],
     "neg_text": NEG_TEXT,
     "stored_float_dtype": settings["float_dtype"],

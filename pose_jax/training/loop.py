@@ -274,12 +274,12 @@ def compile_step(phase: str, jitted, *args, watch: PreemptionWatch | None = None
 
   worker = threading.Thread(target=work, name=f"{_COMPILE_THREAD} {phase}", daemon=True)
   worker.start()
-  while worker.is_alive() or watch is not None:
+  while True:
     worker.join(0.1)
     if watch is not None:
       watch.check()
-      if not worker.is_alive():
-        break
+    if not worker.is_alive():
+      break
   if "error" in out:
     raise out["error"]
   compiled = out["compiled"]
