@@ -3,7 +3,8 @@
 Mesh axes are always the four ``MESH_AXES`` (size 1 where unused):
   data    pure data parallelism (params replicated)
   fsdp    data parallelism with params/optimizer state sharded over it (ZeRO-3 style)
-  context sequence (video-token) parallelism
+  context sequence (video-token) parallelism; params/optimizer state are sharded over it too
+          (the weight axis ``EMBED`` maps to (fsdp, context), as in MaxText's rules)
   tensor  Megatron-style tensor parallelism over heads / FFN width
 
 Parameters are annotated with the logical names below where they are created (and are never
@@ -56,7 +57,7 @@ TOKENS = (ACT_BATCH, None, None)  # [B, S, D] the text/image encoders' tokens
 # logical name -> mesh axes. Order of the table is the documentation.
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   (LAYERS, None),
-  (EMBED, "fsdp"),
+  (EMBED, ("fsdp", "context")),  # weights and optimizer state: over the context shards too
   (HEADS, "tensor"),
   (MLP, "tensor"),
   (MOD, None),

@@ -20,24 +20,25 @@ from pose_jax.pose import models as pose_models
 from pose_jax.pose.config import PoseConfig
 
 CFG = preset("tiny")  # D=32, 2 heads, ffn 64, 2 layers
+W = ("fsdp", "context")  # the weight axis EMBED: over the fsdp and the context shards
 # Expected spec and per-device shard shape for a few parameters, per mesh (data, fsdp, ctx, tensor).
 EXPECT = {
   ("blocks", "attn1", "to_q", "kernel"): (
-    P(None, "fsdp", "tensor"),
+    P(None, W, "tensor"),
     lambda f, t: (2, 32 // f, 32 // t),
   ),
   ("blocks", "attn1", "to_out", "kernel"): (
-    P(None, "tensor", "fsdp"),
+    P(None, "tensor", W),
     lambda f, t: (2, 32 // t, 32 // f),
   ),
   ("blocks", "ffn", "proj_in", "kernel"): (
-    P(None, "fsdp", "tensor"),
+    P(None, W, "tensor"),
     lambda f, t: (2, 32 // f, 64 // t),
   ),
   ("blocks", "attn2", "norm_added_k", "weight"): (P(None, "tensor"), lambda f, t: (2, 32 // t)),
-  ("blocks", "scale_shift_table"): (P(None, None, None, "fsdp"), lambda f, t: (2, 1, 6, 32 // f)),
-  ("patch_embedding", "kernel"): (P(None, "fsdp"), lambda f, t: (144, 32 // f)),
-  ("condition_embedder", "time_proj", "kernel"): (P("fsdp", None), lambda f, t: (32 // f, 192)),
+  ("blocks", "scale_shift_table"): (P(None, None, None, W), lambda f, t: (2, 1, 6, 32 // f)),
+  ("patch_embedding", "kernel"): (P(None, W), lambda f, t: (144, 32 // f)),
+  ("condition_embedder", "time_proj", "kernel"): (P(W, None), lambda f, t: (32 // f, 192)),
 }
 
 
@@ -57,12 +58,12 @@ def reference():
   return nnx.state(model), model(*_args())
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 1, 2)])
+@pytest.mark.parametrize("shape", [(8, 1, 1, 1), (2, 4, 1, 1), (2, 2, 1, 2), (1, 2, 2, 2)])
 def test_params_sharded_and_forward_matches_unsharded(shape, reference):
   ref_state, ref_out = reference
   mesh = shd.make_mesh(shape)
   model = nnx.merge(*shd.create_state(lambda: WanTransformer(CFG, rngs=nnx.Rngs(0)), mesh))
-  f, t = mesh.shape["fsdp"], mesh.shape["tensor"]
+  f, t = mesh.shape["fsdp"] * mesh.shape["context"], mesh.shape["tensor"]
   flat = {tuple(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model))}
   for path, (spec, shard_shape) in EXPECT.items():
     arr = flat[path]
@@ -77,7 +78,7 @@ def test_params_sharded_and_forward_matches_unsharded(shape, reference):
   graphdef, state = nnx.split(model)
   with shd.use_mesh(mesh):
     out = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)
-  assert out.addressable_shards[0].data.shape[0] == 8 // (mesh.shape["data"] * f)
+  assert out.addressable_shards[0].data.shape[0] == 8 // (mesh.shape["data"] * mesh.shape["fsdp"])
   np.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-5 * float(jnp.abs(ref_out).max()))
 
 
@@ -89,7 +90,7 @@ def test_abstract_state_allocates_nothing_and_carries_shardings():
   q = abstract["blocks"]["attn1"]["to_q"]["kernel"]
   assert isinstance(q.get_value(), jax.ShapeDtypeStruct)
   assert q.shape == (40, 5120, 5120)
-  assert q.sharding.spec == P(None, "fsdp", "tensor")
+  assert q.sharding.spec == P(None, W, "tensor")
   assert q.sharding.shard_shape(q.shape) == (40, 640, 5120)
 
 
@@ -104,7 +105,7 @@ def test_filtered_state_is_only_that_part_and_merges_with_the_rest():
   for a, b in zip(jax.tree.leaves(lora), jax.tree.leaves(abstract)):
     assert a.sharding == b.sharding and (a.shape, a.dtype) == (b.shape, b.dtype)
   a = lora["blocks"]["attn1"]["to_q"]["lora_a"][...]
-  assert a.sharding.spec == P(None, "fsdp", None) and a.shape == (2, 32, 2)
+  assert a.sharding.spec == P(None, W, None) and a.shape == (2, 32, 2)
   _, base = nnx.split(WanTransformer(CFG, rngs=nnx.Rngs(0)))
   model = nnx.merge(graphdef, lora, base)  # the LoRA on another model's base weights
   np.testing.assert_array_equal(
@@ -129,7 +130,7 @@ def test_building_needs_no_mesh_with_flax_eager_sharding_on():
     mesh = shd.make_mesh((1, 4, 1, 2))
     _, teacher, lora, _ = pose_models.build(CFG, knobs, mesh=mesh)
   q = teacher["blocks"]["attn1"]["to_q"]["kernel"][...]
-  assert q.sharding.spec == P(None, "fsdp", "tensor")
+  assert q.sharding.spec == P(None, W, "tensor")
   assert q.addressable_shards[0].data.shape == (2, 32 // 4, 32 // 2)
   b = lora["blocks"]["ffn"]["proj_in"]["lora_b"][...]
   assert b.sharding.spec == P(None, None, "tensor")
@@ -143,7 +144,7 @@ def test_mesh_and_rule_errors():
   assert shd.make_mesh((2, -1, 1, 1)).shape["fsdp"] == 4
   with pytest.raises(KeyError, match="no rule"):
     shd.logical_to_spec(("embedding",))
-  assert shd.logical_to_spec((shd.ACT_BATCH, shd.EMBED)) == P(("data", "fsdp"), "fsdp")
+  assert shd.logical_to_spec((shd.ACT_BATCH, shd.EMBED)) == P(("data", "fsdp"), W)
 
 
 def test_slices_multiply_the_data_axis_and_group_devices_by_slice():

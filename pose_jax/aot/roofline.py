@@ -70,7 +70,8 @@ def roofline(
     p["count"] * micro_batches * params[p["model"]] * width * _reads(p["backward"], remat)
     for p in flops["passes"]
   )
-  optimizer_bytes = ADAM_BYTES * trained_params / (mesh_shape["fsdp"] * mesh_shape["tensor"])
+  shards = mesh_shape["fsdp"] * mesh_shape["context"] * mesh_shape["tensor"]  # sharding.RULES
+  optimizer_bytes = ADAM_BYTES * trained_params / shards
   hbm_bytes = weight_bytes + optimizer_bytes
   compute_s = (flops["model_flops"] + flops["remat_recompute_flops"]) / (
     devices * chip.peak_tflops * 1e12

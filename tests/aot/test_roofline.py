@@ -68,6 +68,9 @@ def test_hbm_bytes_count_each_pass_micro_batch_and_read():
   )
   tp = _bound(mesh=dict(data=1, fsdp=1, context=1, tensor=2))
   assert tp["roofline_hbm_s"] == pytest.approx((3080 / 2 + 1680) / 1e3)
+  # The optimizer state is sharded over context too (sharding.RULES): fsdp 1 x context 2 = 2.
+  cp = _bound(mesh=dict(data=1, fsdp=1, context=2, tensor=1))
+  assert cp["roofline_hbm_s"] == pytest.approx(4.76)
   assert _bound(micro_batches=1)["roofline_hbm_s"] == pytest.approx((3080 / 2 + 1680) / 1e3)
 
 

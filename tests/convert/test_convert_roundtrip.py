@@ -177,7 +177,9 @@ def test_restore_goes_straight_into_the_mesh_sharding(sources, tmp_path):
   _, abstract = shd.abstract_state(lambda: WanTransformer(cfg, rngs=nnx.Rngs(0)), mesh)
   want = nnx.to_pure_dict(nnx.filter_state(abstract, nnx.Param))
   kernel = params["blocks"]["attn1"]["to_q"]["kernel"]
-  assert kernel.shape == (2, 32, 32) and kernel.sharding.spec == jax.P(None, "fsdp", "tensor")
+  assert kernel.shape == (2, 32, 32) and kernel.sharding.spec == jax.P(
+    None, ("fsdp", "context"), "tensor"
+  )
   assert jax.tree.map(lambda a: a.sharding, params) == jax.tree.map(lambda a: a.sharding, want)
   src = load_dir(sources["diffusers", "fp32"])
   np.testing.assert_array_equal(np.asarray(kernel[1]), src["blocks.1.attn1.to_q.weight"].T)

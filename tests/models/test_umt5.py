@@ -184,7 +184,7 @@ def test_load_onto_mesh(pair):
   mesh = shd.make_mesh((1, 8, 1, 1))
   sharded = load_umt5(str(path), mesh=mesh)
   kernel = sharded.blocks.ffn.wi_0.kernel.get_value()
-  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, ("fsdp", "context"), "tensor")
   ids, mask = (jnp.asarray(a, jnp.int32) for a in umt5_batch())
   with shd.use_mesh(mesh):
     out = nnx.jit(lambda m, i, k: m(i, k))(sharded, ids, mask)

@@ -125,7 +125,10 @@ def test_sharded_sample_equals_unsharded(env):
   plain = I2VPipeline.from_pretrained(str(env / "pipe"), str(env / "ckpt"))
   sharded = I2VPipeline.from_pretrained(str(env / "pipe"), str(env / "ckpt"), mesh=mesh)
   kernel = sharded.params["blocks"]["attn1"]["to_q"]["kernel"][...]
-  assert kernel.sharding.spec == jax.P(None, "fsdp", "tensor") and len(kernel.devices()) == 8
+  assert (
+    kernel.sharding.spec == jax.P(None, ("fsdp", "context"), "tensor")
+    and len(kernel.devices()) == 8
+  )
   kw = dict(num_frames=5, height=32, width=32, seed=3, output_type="latent")
   a = plain(image, prompts, **kw)
   b = sharded(image, prompts, **kw)  # the batch of 8 split over the 8 devices
@@ -136,7 +139,7 @@ def test_sharded_sample_equals_unsharded(env):
   # Workdir loading straight into the mesh gives the same parameters.
   work = I2VPipeline.from_pretrained(str(env / "pipe"), str(env / "work"), mesh=mesh)
   w = work.params["blocks"]["ffn"]["proj_in"]["kernel"][...]
-  assert w.sharding.spec == jax.P(None, "fsdp", "tensor")
+  assert w.sharding.spec == jax.P(None, ("fsdp", "context"), "tensor")
 
 
 @pytest.mark.parametrize(
