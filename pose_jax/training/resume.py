@@ -17,6 +17,7 @@ again.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable
 
@@ -186,27 +187,44 @@ def newest_intact(
 def _quiet_failed_reads() -> None:
   """When a restore fails, orbax's pending reads of the same step fail one by one in its threads
   (a truncated file: one traceback per array, tens of thousands of lines, plus "Event loop is
-  closed" from TensorStore's callbacks), starting while the restore is still failing. The step
-  is named as damaged instead: these two kinds of report are dropped once restores begin; every
-  other error still prints."""
+  closed" from TensorStore's callbacks), starting while the restore is still failing; under load
+  some surface later, as asyncio's "Task exception was never retrieved" log records. The step is
+  named as damaged instead: these reports are dropped once restores begin (unraisable, thread
+  and asyncio-logged alike); every other error still prints."""
   if getattr(sys.unraisablehook, "_pose_quiet", False):
     return
   unraisable, excepthook = sys.unraisablehook, sys.excepthook
 
-  def is_echo(exc) -> bool:
-    text = str(exc)
-    return "Event loop is closed" in text or "error while reading array index" in text
-
   def quiet_unraisable(info):
-    if not is_echo(info.exc_value):
+    if not is_read_echo(info.exc_value):
       unraisable(info)
 
   def quiet_excepthook(kind, value, tb):
-    if not is_echo(value):
+    if not is_read_echo(value):
       excepthook(kind, value, tb)
 
   quiet_unraisable._pose_quiet = True
   sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
+  logging.getLogger("asyncio").addFilter(
+    lambda record: not (record.exc_info and is_read_echo(record.exc_info[1]))
+  )
+
+
+def is_read_echo(exc) -> bool:
+  """Whether ``exc`` is an echo of a failed checkpoint read: TensorStore's closed event loop, or
+  an error raised inside orbax's per-array read."""
+  text = str(exc)
+  if "Event loop is closed" in text or "error while reading array index" in text:
+    return True
+  tb = getattr(exc, "__traceback__", None)
+  while tb is not None:
+    if tb.tb_frame.f_code.co_name in _ORBAX_READS:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+_ORBAX_READS = ("_read_array_index_and_device_put", "_read_shard")  # orbax serialization.py
 
 
 class CheckpointDamaged(RuntimeError):

@@ -1,7 +1,10 @@
 """Resuming a workdir: which config changes are refused, damaged checkpoints skipped and set
 aside, the metrics log cut back to the restored step, SIGTERM/SIGINT handling."""
 
+import asyncio
+import gc
 import json
+import logging
 import os
 import signal
 
@@ -211,3 +214,31 @@ def test_truncated_array_reason_is_one_line(tmp_path):
   reason = resume._reason(e.value)
   assert reason.startswith("ValueError: OUT_OF_RANGE") and "\n" not in reason, reason
   assert np.isfinite(len(reason)) and len(reason) <= 340
+
+
+def test_failed_read_echoes_are_dropped_and_other_errors_kept(caplog):
+  """A failed restore's late echoes (an orbax read's task exception, never retrieved, logged by
+  asyncio when collected) are dropped once restores begin; any other task error still logs."""
+  resume._quiet_failed_reads()
+
+  async def _read_array_index_and_device_put():  # orbax's name: the echo
+    raise ValueError("OUT_OF_RANGE: Error reading the truncated file")
+
+  async def something_else():
+    raise ValueError("a real error")
+
+  def fail_unretrieved(make):
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(make())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    del task
+    gc.collect()
+
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    fail_unretrieved(_read_array_index_and_device_put)
+    fail_unretrieved(something_else)
+  logged = [str(r.exc_info[1]) for r in caplog.records if r.exc_info]
+  assert logged == ["a real error"]
+  assert resume.is_read_echo(RuntimeError("Event loop is closed"))
+  assert not resume.is_read_echo(ValueError("OUT_OF_RANGE"))  # the text alone is not the echo
