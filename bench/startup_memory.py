@@ -249,8 +249,9 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   sizes = measure("teacher", workdir)
   rows = {}
-  names = ("baseline", "before_fresh", "after_fresh", "main_fresh", "train")
-  for name in (*names, "before_resume", "after_resume", "main_resume"):
+  order = ("baseline", "before_fresh", "after_fresh", "main_fresh")
+  order += ("train", "before_resume", "after_resume", "main_resume")  # train: the resumes' run
+  for name in order:
     rows[name] = measure(name, workdir)
     print(name, json.dumps(rows[name]), flush=True)
   base = rows["baseline"]["host_peak_bytes"]

@@ -8,8 +8,8 @@ Steps and learning rates are ``common.base()``'s, the paper's (second-hand: ~500
 1e-6, ~1000 equilibrium steps at 2e-6). This file adds the TPU runtime and, per variant, the
 frame size and the flow shift, and per variant and slice the mesh and the micro-batches.
 Those come from the TPU ahead-of-time compiles (``python -m pose_jax.aot
---config=configs/wan_i2v.py:720p --topology=v5p-64``; bench/README.md, "The table redone"):
-change them together with the slice.
+--config=configs/wan_i2v.py:720p --topology=v5p-64``; bench/README.md, "Weights over (fsdp,
+context)"): change them together with the slice.
 """
 
 from configs import common
