@@ -7,10 +7,10 @@ The toy config widened so that its weights dwarf the runtime (D = ``--width``: 1
 0.64 GB in fp32 at the defaults). Each measurement is its own process, which records its peak
 resident memory (``VmHWM``) when its start-up is over, and exits:
 
-* ``after_fresh`` / ``after_resume``: the state-making calls of today's trainer
-  (:mod:`pose_jax.training.train`): models built abstract, the converted teacher read into its
-  abstract target, the state jitted into its target (a fresh run) or restored into it (a
-  resume).
+* ``after_fresh`` / ``after_resume``: today's trainer's start-up itself
+  (:func:`pose_jax.training.train.start_up`): models built abstract, the converted teacher read
+  into its abstract target, the state jitted into its target (a fresh run) or restored into it
+  (a resume).
 * ``before_fresh`` / ``before_resume``: the same with commit 30782d9's order (before the restore
   into abstract targets), today's functions: every model built live (a random teacher), the
   converted teacher read over it, the state made by ``jax.jit(init_state)``; a resume then
@@ -155,8 +155,8 @@ def state_bytes(workdir: str) -> dict:
 
 
 def replay(workdir: str, order: str, resume: bool) -> None:
-  """The state-making part of start-up, in the ``order`` of today's trainer (``after``:
-  :mod:`pose_jax.training.train`'s calls) or of commit 30782d9 (``before``), with today's
+  """The state-making part of start-up: today's trainer's own (``after``:
+  :func:`pose_jax.training.train.start_up`) or commit 30782d9's order (``before``), with today's
   functions; ``resume`` restores the checkpoint of ``DIR/run`` (saved at phase 1's end)."""
   import functools
 
@@ -168,26 +168,22 @@ def replay(workdir: str, order: str, resume: bool) -> None:
   from pose_jax.pose import models as pose_models
   from pose_jax.pose.config import PoseConfig
   from pose_jax.training import checkpoint, optim, train
+  from pose_jax.training import resume as resume_lib
   from pose_jax.training import state as state_lib
 
   config = load_config(workdir)
   knobs = PoseConfig.from_config(config.pose)
   mesh = shd.make_mesh(config.mesh.shape)
   cfg = config_lib.wan_config(config.model)
-  tx = optim.make_optimizer(config.optim, knobs.phases[0], 1, knobs)
-  mngr = checkpoint.manager(os.path.join(workdir, "run"), 1, 2, False) if resume else None
-  if order == "after":
+  mngr = checkpoint.manager(os.path.join(workdir, "run" if resume else "empty"), 1, 2, False)
+  if order == "after":  # the trainer's own start-up (DIR/empty has no checkpoint: a fresh run)
     _, *abstract = pose_models.build(cfg, knobs, config.seed, mesh, abstract=True)
-    target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
-    if resume:
-      state = checkpoint.restore(mngr, mngr.latest_step(), target)[0]
-      teacher = train._teacher_from(config.ckpt.init_from, mesh, abstract[0])
-    else:
-      teacher, lora, head = train._fresh_params(config, cfg, knobs, mesh, abstract[0])
-      state = state_lib.create(target, tx, teacher, lora, head, knobs, config.seed)
+    metas = resume_lib.readable_metas(mngr)
+    state, teacher = train.start_up(config, workdir, mngr, metas, None, mesh, abstract)[4:]
   else:  # 30782d9: every model live (a random teacher), the converted one read over it
     _, teacher, lora, head = pose_models.build(cfg, knobs, config.seed, mesh)
     _, teacher = orbax_io.restore_params(config.ckpt.init_from, mesh=mesh, like=teacher)
+    tx = optim.make_optimizer(config.optim, knobs.phases[0], 1, knobs)
     init = functools.partial(state_lib.init_state, tx, knobs=knobs, seed=config.seed)
     with shd.use_mesh(mesh):
       state = jax.jit(init)(teacher, lora, head)  # a resume: only the restore target
@@ -243,7 +239,7 @@ def main(argv):
   if not _DIR.value:
     raise app.UsageError("--dir is required")
   workdir = os.path.abspath(_DIR.value)
-  for sub in ("fresh", "run"):
+  for sub in ("fresh", "run", "empty"):
     if os.path.exists(os.path.join(workdir, sub)):
       raise app.UsageError(f"{workdir}/{sub} exists: give a new --dir")
   os.makedirs(workdir, exist_ok=True)

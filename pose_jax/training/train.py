@@ -32,7 +32,7 @@ from pose_jax.training import checkpoint, evals, loop, optim, resume, steps
 from pose_jax.training import state as state_lib
 from pose_jax.training.loop import NonFiniteError, Preempted
 
-__all__ = ["NonFiniteError", "Preempted", "phase_plan", "run"]
+__all__ = ["NonFiniteError", "Preempted", "phase_plan", "run", "start_up"]
 
 
 def phase_plan(knobs: PoseConfig) -> list[tuple[str, int, int]]:
@@ -86,31 +86,11 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
 
   # --- Models ----------------------------------------------------------------------------------
   models, *abstract = pose_models.build(cfg, knobs, config.seed, mesh, abstract=True)
-  abstract_teacher = abstract[0]
 
   # --- State: the newest intact checkpoint, or a fresh one -------------------------------------
-  def restore(step: int, meta: dict) -> tuple:
-    if metas[0] and step != metas[0][0][0]:
-      resume.check_config(meta, config, step, f"{workdir} (checkpoint {step})")
-    tx = _optimizer(config, plan, meta["phase_index"], knobs)
-    target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
-    saved = abstract_teacher if meta.get("has_teacher") else None
-    state, _, teacher = checkpoint.restore(mngr, step, target, iterator, saved)
-    return tx, target, state, teacher
-
-  found = resume.newest_intact(mngr, workdir, restore, metas)
-  if found is None:
-    first, step = 0, 0
-    tx = _optimizer(config, plan, first, knobs)
-    target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
-    teacher, lora, head = _fresh_params(config, cfg, knobs, mesh, abstract_teacher)
-    state = state_lib.create(target, tx, teacher, lora, head, knobs, config.seed)
-  else:
-    step, meta, (tx, target, state, teacher) = found
-    first = meta["phase_index"]
-    if teacher is None:
-      teacher = _teacher_from(config.ckpt.init_from, mesh, abstract_teacher)
-    print(f"resumed from step {step} (phase {plan[first][0]})", flush=True)
+  first, step, tx, target, state, teacher = start_up(
+    config, workdir, mngr, metas, iterator, mesh, abstract
+  )
   teacher = pose_models.stored_teacher(teacher, knobs)  # after the student was made from it
   watch.idle_at(step)
 
@@ -171,6 +151,41 @@ def _run(config, workdir: str, data, watch: loop.PreemptionWatch) -> state_lib.T
 
   evals.print_toy_report(config, models, state, teacher, eval_batch)
   return state
+
+
+def start_up(config, workdir: str, mngr, metas, iterator, mesh, abstract) -> tuple:
+  """``(phase_index, step, tx, target, state, teacher)`` the run starts from: the newest intact
+  checkpoint of ``mngr`` restored into its abstract target (with ``iterator``, unless ``None``),
+  or a fresh state made straight into it. ``metas``: ``resume.readable_metas(mngr)``;
+  ``abstract``: ``pose_models.build(..., abstract=True)[1:]``. Nothing is allocated that the run
+  throws away (``bench/startup_memory.py`` measures it)."""
+  knobs = PoseConfig.from_config(config.pose)
+  cfg = config_lib.wan_config(config.model)
+  plan = phase_plan(knobs)
+  abstract_teacher = abstract[0]
+
+  def restore(step: int, meta: dict) -> tuple:
+    if metas[0] and step != metas[0][0][0]:
+      resume.check_config(meta, config, step, f"{workdir} (checkpoint {step})")
+    tx = _optimizer(config, plan, meta["phase_index"], knobs)
+    target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
+    saved = abstract_teacher if meta.get("has_teacher") else None
+    state, _, teacher = checkpoint.restore(mngr, step, target, iterator, saved)
+    return tx, target, state, teacher
+
+  found = resume.newest_intact(mngr, workdir, restore, metas)
+  if found is None:
+    tx = _optimizer(config, plan, 0, knobs)
+    target = state_lib.abstract_state(tx, *abstract, knobs, config.seed, mesh)
+    teacher, lora, head = _fresh_params(config, cfg, knobs, mesh, abstract_teacher)
+    state = state_lib.create(target, tx, teacher, lora, head, knobs, config.seed)
+    return 0, 0, tx, target, state, teacher
+  step, meta, (tx, target, state, teacher) = found
+  if teacher is None:
+    teacher = _teacher_from(config.ckpt.init_from, mesh, abstract_teacher)
+  first = meta["phase_index"]
+  print(f"resumed from step {step} (phase {plan[first][0]})", flush=True)
+  return first, step, tx, target, state, teacher
 
 
 def _optimizer(config, plan, index: int, knobs: PoseConfig):
