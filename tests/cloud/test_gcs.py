@@ -30,7 +30,7 @@ WORKDIR = f"gs://{gcs.BUCKET}/run"
 def bucket_run(emulator, toy_reference_run):
   """``(workdir, output of the rerun)``: trained in the bucket, killed after checkpoint 4,
   resumed to the end."""
-  first = runs.start(WORKDIR)
+  first = runs.start(WORKDIR, data_from=toy_reference_run[0])
   runs.wait_for_checkpoint(WORKDIR, 4, [first])
   runs.kill(first)
   return WORKDIR, runs.finish(runs.start(WORKDIR))

@@ -16,8 +16,9 @@ def test_two_processes_checkpoint_resume_and_equal_one_process(toy_reference_run
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
 
-  def start_both():
-    return [runs.start(tmp_path, 4, i, 2, port) for i in range(2)]
+  def start_both():  # the first start copies the reference's toy clips (each process its own)
+    ref = toy_reference_run[0]
+    return [runs.start(tmp_path, 4, i, 2, port, data_from=ref) for i in range(2)]
 
   procs = start_both()
   runs.wait_for_checkpoint(tmp_path, 4, procs)

@@ -70,7 +70,7 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(full_run, tmp_path):
   """SIGTERM: the step finishes, a checkpoint is written, exit 0; the rerun resumes there and
   ends with the reference's parameters (bitwise) and loss traces. (SIGKILL after a checkpoint,
   then a resume: the gs:// run of tests/cloud and the two-process run of test_multihost.)"""
-  proc = runs.start(tmp_path)
+  proc = runs.start(tmp_path, data_from=full_run[0])
   runs.wait_for_checkpoint(tmp_path, 2, [proc])
   proc.send_signal(signal.SIGTERM)
   out = runs.finish(proc)  # exit status 0
