@@ -178,14 +178,14 @@ def test_wan_i2v_config_is_valid_and_14b():
 def test_wan_i2v_layouts_validate_on_their_slices():
   """Each (variant, slice) layout of the compile table is valid on that slice's chips, is what
   ``VARIANT,SLICE`` selects, and differs from the v5p-64 default where the table says so."""
-  chips = {"v5p-64": 32, "v5p-128": 64, "v6e-64": 64, "v6e-256": 256}
   from configs import wan_i2v
+  from pose_jax.aot import topology
 
   for (variant, slice_), (mesh, micro) in wan_i2v.LAYOUTS.items():
     config = load_config("wan_i2v", f"{variant},{slice_}")
     assert (tuple(config.mesh.shape), config.train.micro_batches) == (mesh, micro)
     config.data.path, config.ckpt.init_from = "/data/shards", "gs://bucket/teacher"
-    config_lib.validate(config, num_devices=chips[slice_])
+    config_lib.validate(config, num_devices=topology.parse_topology(slice_).devices)
   v6e = load_config("wan_i2v", "480p,v6e-64")
   assert tuple(v6e.mesh.shape) == (1, -1, 4, 1) and v6e.train.micro_batches == 4
   with pytest.raises(ValueError, match="no 480p layout for slice 'v4-8'; compiled for"):
